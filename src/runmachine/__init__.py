@@ -1,0 +1,37 @@
+"""runmachine: the OpenAI Assistants run lifecycle as an explicit, tested state machine.
+
+The public names live here. ``runmachine.lifecycle`` holds the lifecycle table itself,
+``runmachine.errors`` every exception, and ``runmachine.testing`` the Assistants API emulator.
+"""
+
+from __future__ import annotations
+
+from runmachine import lifecycle
+from runmachine.errors import (
+    DuplicateSubmission,
+    HookError,
+    ProtocolViolation,
+    RequiresActionLoop,
+    RunAborted,
+    RunMachineError,
+    TooManyRounds,
+    ToolFailed,
+)
+from runmachine.machine import RunMachine, ToleratedEvent, TransitionRecord
+
+__all__ = [
+    "DuplicateSubmission",
+    "HookError",
+    "ProtocolViolation",
+    "RequiresActionLoop",
+    "RunAborted",
+    "RunMachine",
+    "RunMachineError",
+    "ToleratedEvent",
+    "TooManyRounds",
+    "ToolFailed",
+    "TransitionRecord",
+    "lifecycle",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,88 @@
+"""Every exception runmachine raises, under one base class.
+
+Each error names what was wrong and where: the event, the state, the run id, the round. Errors that
+end a driven run carry the partial result so that nothing observed so far is lost.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runmachine.result import RunResult
+
+__all__ = [
+    "DuplicateSubmission",
+    "HookError",
+    "ProtocolViolation",
+    "RequiresActionLoop",
+    "RunMachineError",
+    "RunAborted",
+    "TooManyRounds",
+    "ToolFailed",
+]
+
+
+class RunMachineError(Exception):
+    """Base class of every error raised by runmachine."""
+
+
+class ProtocolViolation(RunMachineError):
+    """A stream event arrived that the lifecycle table does not allow in the current state."""
+
+    def __init__(self, event: str, state: str, run_id: str | None, detail: str = "") -> None:
+        self.event = event
+        self.state = state
+        self.run_id = run_id
+        where = f"run {run_id}" if run_id else "a run the server has not created yet"
+        message = f"event {event!r} is not allowed in state {state!r} ({where})"
+        if detail:
+            message = f"{message}: {detail}"
+        super().__init__(message)
+
+
+class HookError(RunMachineError):
+    """A user hook raised. The original exception is chained as ``__cause__``."""
+
+    def __init__(self, hook: str, state: str, run_id: str | None, error: BaseException) -> None:
+        self.hook = hook
+        self.state = state
+        self.run_id = run_id
+        self.error = error
+        super().__init__(
+            f"hook {hook} raised {type(error).__name__}: {error} "
+            f"(state {state!r}, run {run_id or '<none>'})"
+        )
+
+
+class RunAborted(RunMachineError):
+    """A driven run ended early because of a guard or a fault; ``result`` holds what was seen."""
+
+    def __init__(self, message: str, result: RunResult | None = None) -> None:
+        self.result = result
+        super().__init__(message)
+
+
+class DuplicateSubmission(RunAborted):
+    """A second submission for a round that was already submitted; nothing was sent."""
+
+    def __init__(self, run_id: str, call_ids: Any, result: RunResult | None = None) -> None:
+        self.run_id = run_id
+        self.call_ids = tuple(sorted(call_ids))
+        super().__init__(
+            f"tool outputs for run {run_id}, calls {list(self.call_ids)}, were already submitted; "
+            "refusing to submit them again",
+            result,
+        )
+
+
+class RequiresActionLoop(RunAborted):
+    """The server kept asking for the same tool calls; the run was cancelled."""
+
+
+class TooManyRounds(RunAborted):
+    """The run asked for more tool rounds than ``max_rounds`` allows; the run was cancelled."""
+
+
+class ToolFailed(RunAborted):
+    """``on_tool_error`` chose to fail the run because of a tool's error; the run was cancelled."""
