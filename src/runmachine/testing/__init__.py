@@ -1,0 +1,26 @@
+"""An offline OpenAI Assistants v2 API emulator, for testing run machines without a network.
+
+It speaks the way the real service speaks (PROTOCOL.md): same endpoints under ``/v1``, same
+objects with every key, same SSE events in the same order, same error envelopes and texts.
+Scripted :class:`Scenario` objects decide what the "model" does in a run, :class:`Faults` break
+streams and responses on purpose, and :meth:`Emulator.run_stats` reports what the server saw.
+
+    from runmachine.testing import Emulator, Scenario
+
+    emu = Emulator()
+    emu.enqueue(Scenario().tool_round([("get_weather", {"city": "Paris"})]).reply("Sunny."))
+    with emu.serve() as base_url:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="test")
+        ...
+
+The server part needs the ``runmachine[emulator]`` extra (Starlette and uvicorn); they are
+imported only when an app is built or served.
+"""
+
+from __future__ import annotations
+
+from runmachine.testing._model import Faults, HTTPFault, Scenario
+from runmachine.testing._serve import serve
+from runmachine.testing._server import Emulator, RunStats
+
+__all__ = ["Emulator", "Faults", "HTTPFault", "RunStats", "Scenario", "serve"]
