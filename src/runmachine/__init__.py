@@ -14,8 +14,8 @@ from runmachine.errors import (
     RequiresActionLoop,
     RunAborted,
     RunMachineError,
-    TooManyRounds,
     ToolFailed,
+    TooManyRounds,
 )
 from runmachine.machine import RunMachine, ToleratedEvent, TransitionRecord
 

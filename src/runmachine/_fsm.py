@@ -29,23 +29,24 @@ from transitions.extensions.asyncio import AsyncMachine, AsyncState
 __all__ = ["AnyioMachine"]
 
 
-class _State(AsyncState):  # type: ignore[misc]
+class _State(AsyncState):
     """A state that reports every entry to its model before the ``on_enter`` callbacks run."""
 
     # Hooks are registered explicitly by the model's class, never discovered by name.
-    dynamic_methods: list[str] = []
+    dynamic_methods: list[str] = []  # noqa: RUF012 (transitions reads it per class)
 
-    async def enter(self, event_data: Any) -> None:
+    async def enter(self, event_data: Any) -> None:  # type: ignore[override]
         record = getattr(event_data.model, "_record", None)
         if record is not None:
             record(event_data)
         await super().enter(event_data)
 
 
-class AnyioMachine(AsyncMachine):  # type: ignore[misc]
-    """An ``AsyncMachine`` whose callbacks, conditions and cancellation work under any anyio backend."""
+class AnyioMachine(AsyncMachine):
+    """An ``AsyncMachine`` whose callbacks, conditions and cancellation work on every anyio
+    backend."""
 
-    state_cls = _State
+    state_cls = _State  # type: ignore[assignment]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Instance-level replacements for the stock class-level bookkeeping.
@@ -78,11 +79,11 @@ class AnyioMachine(AsyncMachine):  # type: ignore[misc]
                 tg.start_soon(run, index, func)
         return results
 
-    async def callbacks(self, funcs: Sequence[Any], event_data: Any) -> None:
+    async def callbacks(self, funcs: Any, event_data: Any) -> None:  # type: ignore[override]
         for func in funcs:
             await self.callback(func, event_data)
 
-    async def callback(self, func: Any, event_data: Any) -> None:
+    async def callback(self, func: Any, event_data: Any) -> None:  # type: ignore[override]
         func = self.resolve_callable(func, event_data)
         res = func(event_data) if self.send_event else func(*event_data.args, **event_data.kwargs)
         if inspect.isawaitable(res):

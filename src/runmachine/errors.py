@@ -16,8 +16,8 @@ __all__ = [
     "HookError",
     "ProtocolViolation",
     "RequiresActionLoop",
-    "RunMachineError",
     "RunAborted",
+    "RunMachineError",
     "TooManyRounds",
     "ToolFailed",
 ]

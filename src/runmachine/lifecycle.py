@@ -64,7 +64,7 @@ EXPIRED: Final = "expired"
 INCOMPLETE: Final = "incomplete"
 
 INITIAL_STATE: Final = PENDING
-#: Every state, in the order a run usually meets them. ``pending`` means "the server has no run yet".
+#: Every state, in the order a run usually meets them; ``pending``: the server has no run yet.
 STATES: Final[tuple[str, ...]] = (
     PENDING,
     QUEUED,
@@ -184,7 +184,8 @@ GUARDS: Final[Mapping[str, Guard]] = {
 
 @attrs.frozen
 class TransitionSpec:
-    """One row of the table: ``trigger`` moves a run from ``source`` to ``dest`` if ``guards`` hold."""
+    """One row of the table: ``trigger`` moves a run from ``source`` to ``dest`` if ``guards``
+    hold."""
 
     trigger: str
     source: str
@@ -275,7 +276,7 @@ def classify(state: str, event: str) -> EventKind:
     """Say what a stream event means in ``state``.
 
     - ``"transition"``: a lifecycle event the table allows here; it moves the state.
-    - ``"repeat"``: the event announces the state the run is already in (``queued`` twice); harmless.
+    - ``"repeat"``: the event announces the state the run is already in (``queued`` twice).
     - ``"content"``: a message, step, delta or error event that may arrive in this state.
     - ``"unknown"``: an event name this table does not know; the API may add events, so it is
       tolerated.

@@ -30,6 +30,7 @@ from openai.types.beta.threads import (
     MessageDelta,
     Run,
     Text,
+    TextContentBlock,
     TextDelta,
 )
 from openai.types.beta.threads.runs import RunStep, RunStepDelta, ToolCall, ToolCallDelta
@@ -58,7 +59,7 @@ class TransitionRecord:
 
 @attrs.frozen
 class ToleratedEvent:
-    """An event that did not move the state and was accepted anyway: a repeat, or an unknown name."""
+    """An event that did not move the state and was accepted anyway: a repeat or an unknown name."""
 
     event: str
     state: str
@@ -102,7 +103,7 @@ class _HookCallback:
         self.__name__ = name  # diagrams label callbacks by name
 
     async def __call__(self, event_data: EventData) -> None:
-        model: RunMachine = event_data.model
+        model = cast(RunMachine, event_data.model)
         run = event_data.kwargs.get("run")
         try:
             await _maybe_await(getattr(model, self.name)(run))
@@ -118,7 +119,7 @@ class _GuardCondition:
         self.__name__ = name
 
     def __call__(self, event_data: EventData) -> bool:
-        model: RunMachine = event_data.model
+        model = cast(RunMachine, event_data.model)
         return bool(getattr(model, self.name)(event_data.kwargs.get("run")))
 
 
@@ -212,8 +213,15 @@ class RunMachine:
 
     @classmethod
     def lifecycle_rows(cls) -> tuple[lifecycle.TransitionSpec, ...]:
-        """Every row of this class's lifecycle table: the shared table plus ``extra_transitions``."""
+        """Every row of this class's lifecycle table: the shared one plus ``extra_transitions``."""
         return (*lifecycle.TRANSITIONS, *cls.extra_transitions)
+
+    @classmethod
+    def diagram(cls, format: str = "mermaid") -> str | bytes:
+        """Draw this class's lifecycle: ``"mermaid"``, ``"dot"``, ``"svg"`` or ``"png"``."""
+        from runmachine.diagrams import draw_lifecycle
+
+        return draw_lifecycle(cls, format=format)
 
     @classmethod
     def hooks(cls) -> frozenset[str]:
@@ -399,10 +407,11 @@ class RunMachine:
 
     def _record(self, event_data: EventData) -> None:
         transition = event_data.transition
+        assert transition is not None and transition.dest is not None
         self.history.append(
             TransitionRecord(
                 source=transition.source,
-                dest=transition.dest,
+                dest=str(transition.dest),
                 trigger=event_data.event.name,
                 run_id=self.run_id,
                 at=time.monotonic(),
@@ -443,20 +452,21 @@ class RunMachine:
                 and not (part.text and part.text.annotations)
             ):
                 # The fast path: append the text in place, as the SDK's accumulation would.
-                block = content[index]
                 piece = part.text
                 if piece is not None and piece.value:
-                    block.text.value += piece.value
+                    cast(TextContentBlock, content[index]).text.value += piece.value
             else:
-                _, new = accumulate_event(event=_one_part(event, part), current_message_snapshot=snapshot)
+                _, new = accumulate_event(
+                    event=_one_part(event, part), current_message_snapshot=snapshot
+                )
                 created = bool(new)
             if created:
                 block = snapshot.content[index]
                 if block.type == "text" and "on_text_created" in overridden:
                     await _maybe_await(self.on_text_created(block.text))
             if part.type == "text" and part.text is not None and "on_text_delta" in overridden:
-                block = snapshot.content[index]
-                await _maybe_await(self.on_text_delta(part.text, block.text))
+                text_block = cast(TextContentBlock, snapshot.content[index])
+                await _maybe_await(self.on_text_delta(part.text, text_block.text))
             if index != self._content_index:
                 await self._content_done()
                 self._content_index = index

@@ -169,10 +169,13 @@ async def test_submit_guards() -> None:
     assert machine.state == "requires_action"
 
 
-@pytest.mark.parametrize("status", [s for s in lifecycle.STATES if s not in ("pending", "submitting")])
+@pytest.mark.parametrize(
+    "status", [s for s in lifecycle.STATES if s not in ("pending", "submitting")]
+)
 async def test_adopt_every_server_status(status: str) -> None:
-    from .events import run_payload
     from openai.types.beta.threads import Run
+
+    from .events import run_payload
 
     machine = RunMachine()
     await machine.adopt(Run.construct(**run_payload(status)))
@@ -181,8 +184,9 @@ async def test_adopt_every_server_status(status: str) -> None:
 
 
 async def test_polling_fills_in_implied_events() -> None:
-    from .events import run_payload
     from openai.types.beta.threads import Run
+
+    from .events import run_payload
 
     machine = await machine_in("queued")
     await machine.observe_status(Run.construct(**run_payload("completed")))
@@ -216,8 +220,12 @@ class Recorder(RunMachine):
 
 async def test_hooks_fire_in_order_async_and_sync() -> None:
     machine = Recorder()
-    for name in ["thread.run.created", "thread.run.queued", "thread.run.in_progress",
-                 "thread.run.completed"]:
+    for name in [
+        "thread.run.created",
+        "thread.run.queued",
+        "thread.run.in_progress",
+        "thread.run.completed",
+    ]:
         await machine.feed(run_event(name))
     assert machine.calls == [
         ("exit pending", "pending"),

@@ -110,11 +110,11 @@ async def test_streaming_tool_call_recording() -> None:
     entries = load("StreamingToolCall.json")
     create, submit = entries[1], entries[2]
     with serve_recording(entries) as base_url:
-        async with openai.AsyncOpenAI(base_url=base_url, api_key="sk-test", max_retries=0) as client:
+        async with openai.AsyncOpenAI(
+            base_url=base_url, api_key="sk-test", max_retries=0
+        ) as client:
             machine = LoggingMachine()
-            stream = await client.beta.threads.create_and_run(
-                assistant_id="asst_x", stream=True
-            )
+            stream = await client.beta.threads.create_and_run(assistant_id="asst_x", stream=True)
             await _feed_stream(machine, stream)
             assert machine.state == "requires_action"
             run = machine.current_run()
@@ -177,7 +177,9 @@ async def test_streaming_text_recordings(recording: str) -> None:
     streamed = next(e for e in entries if isinstance(e["ResponseBody"], list))
     thread_id = streamed["RequestUri"].split("/threads/")[1].split("/")[0]
     with serve_recording(entries) as base_url:
-        async with openai.AsyncOpenAI(base_url=base_url, api_key="sk-test", max_retries=0) as client:
+        async with openai.AsyncOpenAI(
+            base_url=base_url, api_key="sk-test", max_retries=0
+        ) as client:
             machine = LoggingMachine()
             stream = await client.beta.threads.runs.create(
                 thread_id=thread_id, assistant_id="asst_x", stream=True
