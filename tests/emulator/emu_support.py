@@ -1,17 +1,14 @@
-"""Shared helpers for the emulator's own tests: raw SSE capture, SDK setup, the OpenAPI schemas."""
+"""Helpers for the emulator's own tests: raw SSE capture, SDK setup, the OpenAPI schemas."""
 
 from __future__ import annotations
 
 import functools
 import json
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import openai
-import pytest
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 if not SHARED.exists():  # the checkout may sit elsewhere; fall back to the documented path
@@ -106,7 +103,8 @@ async def make_assistant(
     client: openai.AsyncOpenAI, tools: list[dict[str, Any]] | None = None
 ) -> str:
     assistant = await client.beta.assistants.create(
-        model="gpt-4o", tools=WEATHER_TOOLS if tools is None else tools  # type: ignore[arg-type]
+        model="gpt-4o",
+        tools=WEATHER_TOOLS if tools is None else tools,  # type: ignore[arg-type]
     )
     return assistant.id
 
@@ -130,7 +128,7 @@ def openapi() -> dict[str, Any]:
     return doc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def validator(schema_name: str) -> Any:
     import jsonschema
     from referencing import Registry, Resource
@@ -142,10 +140,3 @@ def validator(schema_name: str) -> Any:
     return jsonschema.Draft202012Validator(
         {"$ref": f"urn:openapi#/components/schemas/{schema_name}"}, registry=registry
     )
-
-
-@pytest.fixture
-def quiet() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        yield
