@@ -17,21 +17,30 @@ from runmachine.errors import (
     ToolFailed,
     TooManyRounds,
 )
+from runmachine.driver import DriverOptions, EventStream
 from runmachine.machine import RunMachine, ToleratedEvent, TransitionRecord
+from runmachine.result import RunResult, ToolCallRecord
+from runmachine.tools import ToolSpec, tool
 
 __all__ = [
+    "DriverOptions",
     "DuplicateSubmission",
+    "EventStream",
     "HookError",
     "ProtocolViolation",
     "RequiresActionLoop",
     "RunAborted",
     "RunMachine",
     "RunMachineError",
+    "RunResult",
     "ToleratedEvent",
+    "ToolCallRecord",
+    "ToolSpec",
     "TooManyRounds",
     "ToolFailed",
     "TransitionRecord",
     "lifecycle",
+    "tool",
 ]
 
 __version__ = "0.1.0"

@@ -32,6 +32,7 @@ __all__ = [
     "INITIAL_STATE",
     "LIFECYCLE_EVENTS",
     "LOCAL_TRIGGERS",
+    "NOT_ACCEPTED",
     "STATES",
     "SUBMIT",
     "TERMINAL_STATES",
@@ -107,7 +108,10 @@ SUBMIT: Final = "submit_tool_outputs"
 CANCEL: Final = "cancel"
 #: Picking up a run that already exists on the server, in whatever status it is (``resume``).
 ADOPT: Final = "adopt"
-LOCAL_TRIGGERS: Final[tuple[str, ...]] = (SUBMIT, CANCEL, ADOPT)
+#: A submission that failed in transit, when ``runs.retrieve`` shows the server still waits on
+#: the same round: back to ``requires_action``, so that the round may be submitted again.
+NOT_ACCEPTED: Final = "submission_not_accepted"
+LOCAL_TRIGGERS: Final[tuple[str, ...]] = (SUBMIT, CANCEL, ADOPT, NOT_ACCEPTED)
 
 #: Stream events that carry content, never move the state, and take the fast path.
 CONTENT_EVENTS: Final[frozenset[str]] = frozenset(
@@ -165,6 +169,11 @@ GUARDS: Final[Mapping[str, Guard]] = {
         "round_not_submitted_before",
         "this round's call ids were never submitted before",
         "DuplicateSubmission",
+    ),
+    "run_still_requires_the_same_round": Guard(
+        "run_still_requires_the_same_round",
+        "runs.retrieve shows the run in requires_action for the very calls just submitted",
+        "ProtocolViolation",
     ),
     **{
         f"run_status_is_{state}": Guard(
@@ -251,6 +260,11 @@ def _build_transitions() -> tuple[TransitionSpec, ...]:
             REQUIRES_ACTION,
             SUBMITTING,
             ("outputs_match_required_calls", "round_not_submitted_before"),
+        )
+    )
+    rows.append(
+        TransitionSpec(
+            NOT_ACCEPTED, SUBMITTING, REQUIRES_ACTION, ("run_still_requires_the_same_round",)
         )
     )
     rows.extend(TransitionSpec(CANCEL, source, CANCELLING) for source in CANCELLABLE_STATES)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import anyio
 import attrs
+import openai
 from openai.lib.streaming._assistants import accumulate_event, accumulate_run_step
 from openai.types.beta import AssistantStreamEvent
 from openai.types.beta.threads import (
@@ -41,6 +43,10 @@ from runmachine.errors import DuplicateSubmission, HookError, ProtocolViolation
 
 if TYPE_CHECKING:
     from transitions.core import EventData
+
+    from runmachine.driver import Driver, EventStream
+    from runmachine.result import RunResult, ToolCallRecord
+    from runmachine.tools import ToolSpec
 
 __all__ = ["RunMachine", "ToleratedEvent", "TransitionRecord"]
 
@@ -142,7 +148,30 @@ class RunMachine:
 
     state: str
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI | None = None,
+        *,
+        tools: Iterable[Any] = (),
+        **options: Any,
+    ) -> None:
+        """``client``: an ``AsyncOpenAI`` or ``AsyncAzureOpenAI`` (needed to drive runs; not to
+        feed events). ``tools``: extra tools, ``@tool`` functions or plain ones. ``options``: the
+        fields of ``runmachine.driver.DriverOptions`` (``tool_concurrency``, ``deadline_margin``,
+        ``max_rounds``, ``max_identical_rounds``, ``stream``, ``poll_interval``, ...)."""
+        from runmachine.driver import DriverOptions
+        from runmachine.tools import as_spec
+
+        self.client = client
+        try:
+            self.options = DriverOptions(**options)
+        except TypeError as exc:
+            raise TypeError(f"{type(self).__name__}(): {exc}") from None
+        self._extra_tools = {spec.name: spec for spec in map(as_spec, tools)}
+        self._driving = False
+        self._reset()
+
+    def _reset(self) -> None:
         self.run_id: str | None = None
         self.thread_id: str | None = None
         self.history: list[TransitionRecord] = []
@@ -163,6 +192,7 @@ class RunMachine:
         self._tool_call_index: int | None = None
         self._tool_call: ToolCall | None = None
         self._attached = False
+        self.state = lifecycle.INITIAL_STATE
         self._attach()
 
     # ----------------------------------------------------------------------------------------
@@ -231,6 +261,96 @@ class RunMachine:
     def _attach(self) -> None:
         type(self)._fsm.add_model(self)
         self._attached = True
+
+    # ----------------------------------------------------------------------------------------
+    # Tools and driving (the I/O itself lives in runmachine.driver)
+    # ----------------------------------------------------------------------------------------
+
+    @classmethod
+    def class_tools(cls) -> dict[str, ToolSpec]:
+        """The tools declared with ``@tool`` on this class and its bases."""
+        from runmachine.tools import spec_of
+
+        found: dict[str, ToolSpec] = {}
+        for klass in reversed(cls.__mro__):
+            for value in vars(klass).values():
+                spec = spec_of(value)
+                if spec is not None:
+                    found[spec.name] = spec
+        return found
+
+    def tool_specs(self) -> dict[str, ToolSpec]:
+        """Every tool this machine can call: the class's and those given to ``__init__``."""
+        return {**self.class_tools(), **self._extra_tools}
+
+    @classmethod
+    def tool_definitions(cls) -> list[dict[str, Any]]:
+        """The ``tools=`` list for ``assistants.create``, from the class's ``@tool`` methods."""
+        return [spec.definition() for spec in cls.class_tools().values()]
+
+    def on_tool_error(self, tool_call: ToolCallRecord, error: BaseException) -> bool | None:
+        """Called when a tool call gets an error output. Return True to fail the whole run
+        instead: the driver cancels the server run and raises ``ToolFailed``."""
+        return None
+
+    def _begin(self) -> None:
+        if self._driving:
+            raise RuntimeError(f"{type(self).__name__} is already driving run {self.run_id}")
+        if self.state != lifecycle.INITIAL_STATE:
+            self._reset()
+        self._driving = True
+
+    async def _drive(self, work: Callable[[Driver], Awaitable[RunResult]], sink: Any = None) -> RunResult:
+        from runmachine.driver import Driver
+
+        self._begin()
+        try:
+            return await work(Driver(self, sink))
+        finally:
+            self._driving = False
+
+    async def run(self, *, thread_id: str, assistant_id: str, **params: Any) -> RunResult:
+        """Create a run on ``thread_id`` and drive it to its end. ``params`` go to
+        ``runs.create`` (``instructions``, ``tools``, ``parallel_tool_calls``, ...)."""
+        return await self._drive(lambda d: d.create_run(thread_id, assistant_id, params))
+
+    async def create_thread_and_run(self, *, assistant_id: str, **params: Any) -> RunResult:
+        """Create a thread and a run at once (``threads.create_and_run``) and drive it."""
+        return await self._drive(lambda d: d.create_thread_and_run(assistant_id, params))
+
+    async def resume(self, *, thread_id: str, run_id: str) -> RunResult:
+        """Pick up a run that is already on the server and drive it from its current status."""
+        return await self._drive(lambda d: d.resume(thread_id, run_id))
+
+    @asynccontextmanager
+    async def stream(self, *, thread_id: str, assistant_id: str, **params: Any) -> AsyncIterator[EventStream]:
+        """Drive a run while yielding its SDK events, across every tool handoff::
+
+            async with machine.stream(thread_id=t, assistant_id=a) as events:
+                async for event in events:
+                    ...
+            events.result  # the RunResult
+
+        Leaving the block early cancels the run (tools first, then the server run).
+        """
+        from runmachine.driver import EventStream
+
+        send, receive = anyio.create_memory_object_stream[Any](16)
+        events = EventStream(receive)
+
+        async def produce() -> None:
+            async with send:
+                events.result = await self._drive(
+                    lambda d: d.create_run(thread_id, assistant_id, params), sink=send.send
+                )
+
+        async with anyio.create_task_group() as tg, receive:
+            tg.start_soon(produce)
+            try:
+                yield events
+            finally:
+                if events.result is None:
+                    tg.cancel_scope.cancel()
 
     def detach(self) -> None:
         """Release this machine's slot in its class's ``transitions`` machine (done at the end)."""
@@ -345,11 +465,9 @@ class RunMachine:
         """Bring the machine to ``run.status`` as seen by polling, not streaming.
 
         Every lifecycle event the jump implies (``queued`` then ``completed`` implies
-        ``in_progress``) is fed in order; the state hooks fire as they would on a stream.
+        ``in_progress``; a run just created implies ``thread.run.created``) is fed in order; the
+        state hooks fire as they would on a stream.
         """
-        if self.state == lifecycle.PENDING:
-            await self.adopt(run)
-            return
         self._remember_run(run)
         if run.status == self.state:
             return
@@ -398,6 +516,24 @@ class RunMachine:
             self.submitted_rounds.add(outputs)
         finally:
             self._pending_outputs = frozenset()
+
+    async def submission_not_accepted(self, run: Run) -> None:
+        """The last submission failed in transit and the server still waits on the same round:
+        back to ``requires_action``, the round no longer counted as submitted."""
+        self._remember_run(run)
+        round_ids = self._required_call_ids()
+        if not await self._trigger(lifecycle.NOT_ACCEPTED, run):
+            raise ProtocolViolation(
+                lifecycle.NOT_ACCEPTED, self.state, self.run_id, f"run status is {run.status!r}"
+            )
+        self.submitted_rounds.discard(round_ids)
+
+    def run_still_requires_the_same_round(self, run: Run | None) -> bool:
+        return (
+            run is not None
+            and run.status == "requires_action"
+            and self._required_call_ids() in self.submitted_rounds
+        )
 
     async def request_cancel(self) -> bool:
         """Record a local cancel request. Returns False when the state has nothing to cancel."""

@@ -1,0 +1,599 @@
+"""The driver: everything that talks to the server on behalf of a ``RunMachine``.
+
+It opens streams through the SDK's own HTTP layer (so auth, ``base_url``, Azure, timeouts and
+retries of the initial response stay the SDK's), decodes the SSE itself (``runmachine._sse``),
+feeds every event to the machine, runs each round of tool calls concurrently, submits every
+output once per round and reads the new stream, and recovers by polling when a stream breaks.
+
+Guarantees it keeps, whatever happens:
+- every required tool call gets exactly one output (an error output when the tool could not run);
+- one round is never submitted twice: a failed submit is retried only after ``runs.retrieve``
+  shows the server still waits on that very round;
+- a host cancellation cancels the tools, then the server run (shielded, bounded), then re-raises;
+- a guard error or any other failure also cancels the server run before it propagates, so no
+  thread is left locked by an abandoned run.
+
+The lifecycle decisions themselves (which event may move the run where) are the table's
+(``runmachine.lifecycle``); this module never changes ``machine.state`` except by feeding it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+import warnings
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+import openai
+from openai.types.beta.threads import Run
+
+from runmachine import lifecycle
+from runmachine._sse import SSEParser, StreamError, build_event
+from runmachine.errors import (
+    DuplicateSubmission,
+    RequiresActionLoop,
+    RunAborted,
+    RunMachineError,
+    TooManyRounds,
+    ToolFailed,
+)
+from runmachine.result import RunResult, ToolCallRecord
+from runmachine.tools import ToolError, ToolSpec, encode_output, error_output
+
+if TYPE_CHECKING:
+    from runmachine.machine import RunMachine
+
+__all__ = ["DriverOptions", "EventStream"]
+
+_DEPRECATION = "The Assistants API is deprecated"
+
+
+@contextmanager
+def _sdk_call() -> Iterator[None]:
+    """Silence the SDK's Assistants deprecation warning for exactly one call (it fires at call
+    time, synchronously), leaving every other warning alone."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_DEPRECATION, category=DeprecationWarning)
+        yield
+
+
+@attrs.frozen
+class DriverOptions:
+    """How a ``RunMachine`` drives its runs. Every field is a keyword of ``RunMachine(...)``."""
+
+    tool_concurrency: int = 16
+    """How many tool calls run at once."""
+    deadline_margin: float = 5.0
+    """Seconds before the run's ``expires_at`` by which the outputs must be submitted."""
+    max_rounds: int = 20
+    max_identical_rounds: int = 3
+    stream: bool = True
+    """False drives the run by polling alone (state hooks fire; delta hooks do not)."""
+    poll_interval: float = 1.0
+    """Seconds between polls when the server sends no ``openai-poll-after-ms``."""
+    max_poll_interval: float = 8.0
+    submit_attempts: int = 4
+    """Attempts at one round's submission when the server did not take it."""
+    cancel_timeout: float = 10.0
+    """Bound on the shielded ``runs.cancel`` made when a run is abandoned."""
+
+
+class _Lost(Exception):
+    """The stream ended without a terminal or ``requires_action`` event (dropped, timed out,
+    errored, undecodable)."""
+
+
+class Driver:
+    """Drives one run of one machine from creation (or adoption) to its end."""
+
+    def __init__(self, machine: RunMachine, sink: Callable[[Any], Awaitable[None]] | None) -> None:
+        self.m = machine
+        self.options: DriverOptions = machine.options
+        client = machine.client
+        if client is None:
+            raise RunMachineError(
+                "this RunMachine has no client: create it as RunMachine(client) to drive runs"
+            )
+        self.client = client
+        self._no_retry = client.with_options(max_retries=0)
+        self.sink = sink
+        self.tools: dict[str, ToolSpec] = machine.tool_specs()
+        self.records: list[ToolCallRecord] = []
+        self.outputs: dict[frozenset[str], dict[str, str]] = {}
+        self.resubmitted: Counter[frozenset[str]] = Counter()
+        self.rounds = 0
+        self.identical = 0
+        self.last_signature: Counter[tuple[str, str]] | None = None
+        self.lost_content = False
+        self.error: str | None = None
+        self.limiter = anyio.CapacityLimiter(self.options.tool_concurrency)
+
+    # ----------------------------------------------------------------------------------------
+    # Entry points
+    # ----------------------------------------------------------------------------------------
+
+    async def create_run(self, thread_id: str, assistant_id: str, params: Mapping[str, Any]) -> RunResult:
+        runs = self.client.beta.threads.runs
+        if not self.options.stream:
+
+            async def create() -> Run:
+                with _sdk_call():
+                    request = runs.create(thread_id=thread_id, assistant_id=assistant_id, **params)
+                return await request
+
+            return await self._guarded(self._poll_path(create))
+
+        def opener() -> Any:
+            with _sdk_call():
+                return runs.with_streaming_response.create(
+                    thread_id=thread_id, assistant_id=assistant_id, stream=True, **params
+                )
+
+        return await self._guarded(self._stream_path(opener))
+
+    async def create_thread_and_run(self, assistant_id: str, params: Mapping[str, Any]) -> RunResult:
+        threads = self.client.beta.threads
+        if not self.options.stream:
+
+            async def create() -> Run:
+                with _sdk_call():
+                    request = threads.create_and_run(assistant_id=assistant_id, **params)
+                return await request
+
+            return await self._guarded(self._poll_path(create))
+
+        def opener() -> Any:
+            with _sdk_call():
+                return threads.with_streaming_response.create_and_run(
+                    assistant_id=assistant_id, stream=True, **params
+                )
+
+        return await self._guarded(self._stream_path(opener))
+
+    async def resume(self, thread_id: str, run_id: str) -> RunResult:
+        async def adopt() -> None:
+            run, _ = await self._retrieve(thread_id, run_id)
+            await self.m.adopt(run)
+            await self._continue()
+
+        return await self._guarded(adopt())
+
+    # ----------------------------------------------------------------------------------------
+    # The main loop
+    # ----------------------------------------------------------------------------------------
+
+    async def _stream_path(self, opener: Callable[[], Any]) -> None:
+        try:
+            await self._read_stream(opener)
+        except _Lost:
+            self.lost_content = True
+            if self.m.run_id is None:
+                raise RunMachineError(
+                    "the stream that creates the run broke before the server named the run"
+                ) from None
+        await self._continue()
+
+    async def _poll_path(self, create: Callable[[], Awaitable[Run]]) -> None:
+        run = await create()
+        await self.m.observe_status(run)
+        await self._continue()
+
+    async def _continue(self) -> None:
+        """From whatever state the machine is in, go on until the run ends."""
+        m = self.m
+        while not m.is_finished:
+            if m.state == lifecycle.REQUIRES_ACTION:
+                await self._round()
+            else:
+                await self._poll_until_actionable()
+        if self.lost_content or not self.options.stream:
+            await self._recover_content()
+
+    async def _round(self) -> None:
+        """One ``requires_action`` round: guards, tools, one submission, the next stream."""
+        m = self.m
+        run = m.current_run()
+        assert run is not None and run.required_action is not None
+        calls = list(run.required_action.submit_tool_outputs.tool_calls)
+        call_ids = frozenset(c.id for c in calls)
+
+        if call_ids in self.outputs:
+            # The same calls again after their round was accepted: never run them again.
+            await self._same_round_again(run, call_ids)
+            return
+
+        self.rounds += 1
+        signature = Counter((c.function.name, _canonical(c.function.arguments)) for c in calls)
+        self.identical = self.identical + 1 if signature == self.last_signature else 1
+        self.last_signature = signature
+        if self.rounds > self.options.max_rounds:
+            self.rounds -= 1
+            await self._abort(
+                TooManyRounds,
+                f"run {run.id} asked for tool round {self.rounds + 1}, past max_rounds="
+                f"{self.options.max_rounds}; the run was cancelled",
+            )
+        if self.identical > self.options.max_identical_rounds:
+            self.rounds -= 1
+            await self._abort(
+                RequiresActionLoop,
+                f"run {run.id} asked for the same tool calls "
+                f"({', '.join(sorted(n for n, _ in signature))}) in {self.identical} rounds in a "
+                f"row, past max_identical_rounds={self.options.max_identical_rounds}; "
+                "the run was cancelled",
+            )
+
+        outputs = await self._run_tools(run, calls, self.rounds)
+        self.outputs[call_ids] = outputs
+        await self._submit(run, call_ids, outputs)
+
+    async def _same_round_again(self, run: Run, call_ids: frozenset[str]) -> None:
+        """The server presents a round whose outputs were already submitted."""
+        confirmed, _ = await self._retrieve(run.thread_id, run.id)
+        if (
+            confirmed.status != "requires_action"
+            or _required_ids(confirmed) != call_ids
+        ):
+            await self.m.observe_status(confirmed)
+            return
+        if self.resubmitted[call_ids] >= 1:
+            await self._abort(
+                RequiresActionLoop,
+                f"run {run.id} presented calls {sorted(call_ids)} again after their outputs "
+                "were submitted twice; the run was cancelled",
+            )
+        self.resubmitted[call_ids] += 1
+        self.m.submitted_rounds.discard(call_ids)
+        await self._submit(run, call_ids, self.outputs[call_ids])
+
+    # ----------------------------------------------------------------------------------------
+    # Tools
+    # ----------------------------------------------------------------------------------------
+
+    async def _run_tools(self, run: Run, calls: list[Any], round_no: int) -> dict[str, str]:
+        results: dict[str, ToolCallRecord] = {}
+        deadline = self._round_deadline(run)
+
+        async def one(call: Any) -> None:
+            name = call.function.name
+            arguments = call.function.arguments
+            spec = self.tools.get(name)
+            started: float | None = None
+            try:
+                if spec is None:
+                    raise ToolError(
+                        "unknown_tool",
+                        f"no tool named {name!r}; known tools: {sorted(self.tools)}",
+                    )
+                kwargs = spec.parse_arguments(arguments)
+                func = spec.bind(self.m)
+                async with self.limiter:
+                    started = time.monotonic()
+                    with anyio.fail_after(spec.timeout) if spec.timeout else _nothing():
+                        if spec.is_async:
+                            value = await func(**kwargs)
+                        else:
+                            value = await anyio.to_thread.run_sync(
+                                lambda: func(**kwargs), abandon_on_cancel=True
+                            )
+                results[call.id] = ToolCallRecord(
+                    call.id, name, arguments, encode_output(value), None, round_no,
+                    started, time.monotonic(),
+                )
+            except ToolError as exc:
+                await self._tool_failed(call, exc.kind, exc.message, exc, round_no, started, results)
+            except TimeoutError as exc:
+                timeout = spec.timeout if spec else None
+                await self._tool_failed(
+                    call, "timeout", f"tool {name!r} did not finish within {timeout} s",
+                    exc, round_no, started, results,
+                )
+            except Exception as exc:
+                await self._tool_failed(
+                    call, "tool_raised", f"tool {name!r} raised {type(exc).__name__}: {exc}",
+                    exc, round_no, started, results,
+                )
+
+        with anyio.CancelScope(deadline=deadline):
+            async with anyio.create_task_group() as tg:
+                for call in calls:
+                    tg.start_soon(one, call)
+        now = time.monotonic()
+        for call in calls:
+            if call.id not in results:
+                message = (
+                    f"tool {call.function.name!r} was still running {self.options.deadline_margin}"
+                    " s before the run's expires_at and was cancelled so the run does not expire"
+                )
+                record = ToolCallRecord(
+                    call.id, call.function.name, call.function.arguments,
+                    error_output("deadline", message, call.function.name), message, round_no,
+                    None, now,
+                )
+                results[call.id] = record
+                await self._maybe_fail_run(record, TimeoutError(message))
+        ordered = [results[c.id] for c in calls]
+        self.records.extend(ordered)
+        return {r.id: r.output for r in ordered}
+
+    async def _tool_failed(
+        self,
+        call: Any,
+        kind: str,
+        message: str,
+        exc: BaseException,
+        round_no: int,
+        started: float | None,
+        results: dict[str, ToolCallRecord],
+    ) -> None:
+        record = ToolCallRecord(
+            call.id, call.function.name, call.function.arguments,
+            error_output(kind, message, call.function.name), message, round_no,
+            started, time.monotonic(),
+        )
+        results[call.id] = record
+        await self._maybe_fail_run(record, exc)
+
+    async def _maybe_fail_run(self, record: ToolCallRecord, exc: BaseException) -> None:
+        decision = self.m.on_tool_error(record, exc)
+        if hasattr(decision, "__await__"):
+            decision = await decision
+        if decision:
+            self.records.append(record)
+            await self._abort(
+                ToolFailed,
+                f"on_tool_error failed the run because of tool call {record.id} "
+                f"({record.name}): {record.error}",
+            )
+
+    def _round_deadline(self, run: Run) -> float:
+        if run.expires_at is None:
+            return math.inf
+        remaining = run.expires_at - time.time() - self.options.deadline_margin
+        # anyio's clock, not time.monotonic(): trio keeps its own.
+        return anyio.current_time() + max(remaining, 0.0)
+
+    # ----------------------------------------------------------------------------------------
+    # Submission
+    # ----------------------------------------------------------------------------------------
+
+    async def _submit(self, run: Run, call_ids: frozenset[str], outputs: dict[str, str]) -> None:
+        m = self.m
+        tool_outputs = [{"tool_call_id": cid, "output": out} for cid, out in outputs.items()]
+        runs = self._no_retry.beta.threads.runs
+        delay = 0.25
+        for attempt in range(1, self.options.submit_attempts + 1):
+            await m.hand_over_outputs(call_ids)
+            try:
+                if self.options.stream:
+
+                    def opener() -> Any:
+                        with _sdk_call():
+                            return runs.with_streaming_response.submit_tool_outputs(
+                                run_id=run.id, thread_id=run.thread_id,
+                                tool_outputs=tool_outputs, stream=True,  # type: ignore[arg-type]
+                            )
+
+                    await self._read_stream(opener)
+                else:
+                    with _sdk_call():
+                        request = runs.submit_tool_outputs(
+                            run_id=run.id, thread_id=run.thread_id,
+                            tool_outputs=tool_outputs,  # type: ignore[arg-type]
+                        )
+                    await m.observe_status(await request)
+                return
+            except (openai.APIConnectionError, openai.InternalServerError,
+                    openai.RateLimitError, _Lost) as exc:
+                retry_after = _retry_after(exc)
+            if m.state != lifecycle.SUBMITTING:
+                # Events of the new stream arrived before it broke: the round was accepted.
+                self.lost_content = True
+                return
+            confirmed, _ = await self._retrieve(run.thread_id, run.id)
+            if confirmed.status == "requires_action" and _required_ids(confirmed) == call_ids:
+                # The server still waits on this very round: it never took the submission.
+                await m.submission_not_accepted(confirmed)
+                if attempt == self.options.submit_attempts:
+                    break
+                await anyio.sleep(retry_after if retry_after is not None else delay)
+                delay = min(delay * 2, 8.0)
+                continue
+            self.lost_content = True
+            await m.observe_status(confirmed)
+            return
+        await self._abort(
+            RunAborted,
+            f"the server did not accept the tool outputs of run {run.id} after "
+            f"{self.options.submit_attempts} attempts",
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Streams
+    # ----------------------------------------------------------------------------------------
+
+    async def _read_stream(self, opener: Callable[[], Any]) -> None:
+        """Read one stream to its end, feeding the machine. Raises ``_Lost`` if it ends before a
+        terminal or ``requires_action`` event; HTTP errors before the first byte propagate."""
+        m = self.m
+        parser = SSEParser()
+        feed = m.feed
+        sink = self.sink
+        try:
+            async with opener() as response:
+                async for chunk in response.http_response.aiter_bytes():
+                    for name, data in parser.feed(chunk):
+                        event = build_event(name, data)
+                        if event is None:
+                            continue  # [DONE]: keep reading so the connection can be reused
+                        await feed(event)
+                        if sink is not None:
+                            await sink(event)
+                for name, data in parser.close():
+                    event = build_event(name, data)
+                    if event is not None:
+                        await feed(event)
+                        if sink is not None:
+                            await sink(event)
+        except openai.APIStatusError:
+            raise
+        except (StreamError, openai.APIConnectionError, _transport_errors()) as exc:
+            m.stream_errors.append(exc)
+            raise _Lost(f"{type(exc).__name__}: {exc}") from exc
+        if m.state not in lifecycle.TERMINAL_STATES and m.state != lifecycle.REQUIRES_ACTION:
+            raise _Lost(f"the stream ended in state {m.state!r}")
+
+    # ----------------------------------------------------------------------------------------
+    # Polling and recovery
+    # ----------------------------------------------------------------------------------------
+
+    async def _retrieve(self, thread_id: str, run_id: str) -> tuple[Run, float | None]:
+        runs = self.client.beta.threads.runs
+        with _sdk_call():
+            request = runs.with_raw_response.retrieve(run_id=run_id, thread_id=thread_id)
+        raw = await request
+        poll_after = raw.headers.get("openai-poll-after-ms")
+        return await raw.parse(), (float(poll_after) / 1000 if poll_after else None)
+
+    async def _poll_until_actionable(self) -> None:
+        m = self.m
+        assert m.run_id is not None and m.thread_id is not None
+        interval = self.options.poll_interval
+        while True:
+            run, poll_after = await self._retrieve(m.thread_id, m.run_id)
+            await m.observe_status(run)
+            if m.is_finished or m.state == lifecycle.REQUIRES_ACTION:
+                return
+            await anyio.sleep(poll_after if poll_after is not None else interval)
+            if poll_after is None:
+                interval = min(interval * 1.5, self.options.max_poll_interval)
+
+    async def _recover_content(self) -> None:
+        """Text lost with a stream (or never streamed) comes back from ``messages.list``."""
+        m = self.m
+        if m.thread_id is None or m.run_id is None:
+            return
+        messages = self.client.beta.threads.messages
+        with _sdk_call():
+            pages = messages.list(thread_id=m.thread_id, run_id=m.run_id, order="asc", limit=100)
+        collected = [message async for message in pages]
+        m.replace_messages(collected)
+
+    # ----------------------------------------------------------------------------------------
+    # Ending: results, aborts, cancellation
+    # ----------------------------------------------------------------------------------------
+
+    def result(self) -> RunResult:
+        m = self.m
+        run = m.current_run()
+        return RunResult(
+            status=m.state,
+            run=run,
+            text=m.text(),
+            messages=tuple(m.final_messages()),
+            run_steps=tuple(m.final_run_steps()),
+            tool_calls=tuple(self.records),
+            rounds=self.rounds,
+            transitions=tuple(m.history),
+            usage=run.usage if run is not None else None,
+            error=self.error,
+        )
+
+    async def _abort(self, kind: type[RunAborted], message: str) -> None:
+        self.error = message
+        await self._cancel_server_run()
+        raise kind(message, self.result())
+
+    async def _guarded(self, work: Awaitable[None]) -> RunResult:
+        """Run ``work``; whatever ends it early, cancel the server run before propagating."""
+        try:
+            await work
+        except RunAborted:
+            raise
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._cancel_server_run()
+            if isinstance(exc, DuplicateSubmission) and exc.result is None:
+                exc.result = self.result()
+            raise
+        finally:
+            self.m.detach()
+        return self.result()
+
+    async def _cancel_server_run(self) -> None:
+        m = self.m
+        if m.run_id is None or m.thread_id is None or m.is_finished:
+            return
+        with anyio.move_on_after(self.options.cancel_timeout, shield=True):
+            try:
+                await m.request_cancel()
+            except RunMachineError:
+                pass
+            try:
+                with _sdk_call():
+                    request = self._no_retry.beta.threads.runs.cancel(
+                        run_id=m.run_id, thread_id=m.thread_id
+                    )
+                m._remember_run(await request)
+            except openai.APIError:
+                # Already finished, or unreachable: nothing more can be done from here.
+                return
+
+
+def _required_ids(run: Run) -> frozenset[str]:
+    if run.required_action is None:
+        return frozenset()
+    return frozenset(c.id for c in run.required_action.submit_tool_outputs.tool_calls)
+
+
+def _canonical(arguments: str) -> str:
+    try:
+        return json.dumps(json.loads(arguments), sort_keys=True, separators=(",", ":"))
+    except ValueError:
+        return arguments
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                seconds = float(value) * scale
+            except ValueError:
+                continue
+            if 0 < seconds <= 60:
+                return seconds + random.uniform(0, 0.05)
+    return None
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    import httpx2
+
+    return (httpx2.TransportError,)
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+class EventStream:
+    """The SDK events of a driven run, across every handoff; ``result`` once it has ended."""
+
+    def __init__(self, receive: Any) -> None:
+        self._receive = receive
+        self.result: RunResult | None = None
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._receive.__aiter__()  # type: ignore[no-any-return]
