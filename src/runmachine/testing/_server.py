@@ -344,6 +344,7 @@ class Emulator:
     def _new_run(self, thread_id: str, assistant: JSON, body: JSON) -> _Run:
         pending = self._take_scenario(assistant["id"])
         scenario = pending.scenario if pending is not None else None
+        requests = dict(pending.requests) if pending is not None else {}
         if pending is not None and self._queue and self._queue[0] is pending:
             self._queue.popleft()
         elif pending is not None:
@@ -363,6 +364,7 @@ class Emulator:
             text = self._last_user_text(thread_id)
             program = Program(toy_program(text, data["tools"], data["parallel_tool_calls"]))
         run = _Run(data, scenario, program, started + ttl)
+        run.requests.update(requests)
         self._runs[run.id] = run
         self._thread_runs.setdefault(thread_id, []).append(run.id)
         return run
@@ -967,7 +969,7 @@ class Emulator:
             run = self._start_run_locked(thread_id, body, "create_run")
             if not isinstance(run, _Run):
                 return run
-            run.requests["create_run"] = 1
+            run.requests.setdefault("create_run", 1)
             events = [("thread.run.created", run.data), ("thread.run.queued", run.data)]
             return self._launch(run, events, bool(body.get("stream")), index=0, lost=False)
 
@@ -999,7 +1001,7 @@ class Emulator:
             if not isinstance(thread, dict):
                 return thread
             run = self._new_run(thread["id"], assistant, body)
-            run.requests["create_thread_and_run"] = 1
+            run.requests.setdefault("create_thread_and_run", 1)
             events = [
                 ("thread.created", thread),
                 ("thread.run.created", run.data),
