@@ -19,6 +19,48 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_diagram(args: argparse.Namespace) -> int:
+    import importlib
+    import os
+
+    from runmachine.diagrams import FORMATS, GraphvizNotFound, draw_lifecycle
+    from runmachine.machine import RunMachine
+
+    cls: type[RunMachine] = RunMachine
+    if args.target is not None:
+        module_name, _, attribute = args.target.partition(":")
+        if not module_name or not attribute:
+            print(
+                f"runmachine diagram: expected module:Class, got {args.target!r}", file=sys.stderr
+            )
+            return 2
+        # Like ``python -m``, find the user's module in the current directory.
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        found: object = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+        if not (isinstance(found, type) and issubclass(found, RunMachine)):
+            print(f"runmachine diagram: {args.target} is not a RunMachine class", file=sys.stderr)
+            return 2
+        cls = found
+    assert args.format in FORMATS
+    try:
+        drawing = draw_lifecycle(cls, format=args.format)
+    except GraphvizNotFound as exc:
+        print(f"runmachine diagram: {exc}", file=sys.stderr)
+        return 1
+    if args.output is not None:
+        with open(args.output, "wb") as out:
+            out.write(drawing if isinstance(drawing, bytes) else drawing.encode())
+    elif isinstance(drawing, bytes):
+        sys.stdout.buffer.write(drawing)
+        sys.stdout.buffer.flush()
+    else:
+        sys.stdout.write(drawing)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runmachine",
@@ -38,6 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--delta-delay", type=float, default=0.0, help="seconds between streamed deltas"
     )
     emu.set_defaults(func=_cmd_emulator)
+
+    diagram = sub.add_parser(
+        "diagram",
+        help="draw the lifecycle of RunMachine or of a subclass (module:Class) from its table",
+    )
+    diagram.add_argument(
+        "target", nargs="?", default=None, metavar="module:Class", help="default: RunMachine"
+    )
+    diagram.add_argument(
+        "--format",
+        choices=("mermaid", "dot", "svg", "png"),
+        default="mermaid",
+        help="svg and png need Graphviz's dot program",
+    )
+    diagram.add_argument("-o", "--output", default=None, metavar="FILE", help="default: stdout")
+    diagram.set_defaults(func=_cmd_diagram)
     return parser
 
 

@@ -130,7 +130,9 @@ def _model(cls: type[RunMachine]) -> _Drawing:
             f"on_{edge}_{state}"
             for edge in ("enter", "exit")
             if f"on_{edge}_{state}" in hooks
-            or (state not in lifecycle.STATES and callable(getattr(cls, f"on_{edge}_{state}", None)))
+            or (
+                state not in lifecycle.STATES and callable(getattr(cls, f"on_{edge}_{state}", None))
+            )
         )
         if names:
             state_hooks[state] = names
@@ -241,7 +243,13 @@ def _edge_label(edge: _Edge, trace: bool) -> str:
 
 def _to_mermaid(d: _Drawing) -> str:
     ids = _mermaid_ids(d.states)
-    lines = ["---", f"title: {_mermaid_text(d.title)}", "---", "stateDiagram-v2", "    direction LR"]
+    lines = [
+        "---",
+        f"title: {_mermaid_text(d.title)}",
+        "---",
+        "stateDiagram-v2",
+        "    direction LR",
+    ]
     for state in d.states:
         if ids[state] != state:
             lines.append(f'    state "{_mermaid_text(state)}" as {ids[state]}')
@@ -526,7 +534,9 @@ def example_history(triggers: Sequence[str] = _TWO_ROUNDS) -> tuple[TransitionRe
     state = lifecycle.INITIAL_STATE
     steps = []
     for trigger in triggers:
-        dests = [r.dest for r in lifecycle.TRANSITIONS if r.source == state and r.trigger == trigger]
+        dests = [
+            r.dest for r in lifecycle.TRANSITIONS if r.source == state and r.trigger == trigger
+        ]
         if len(dests) != 1:
             raise ValueError(f"the table has no single {trigger!r} transition from {state!r}")
         steps.append(TransitionRecord(state, dests[0], trigger, run_id=None, at=0.0))
