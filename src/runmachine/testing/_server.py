@@ -167,7 +167,17 @@ class _StreamPlan:
 
 
 class Emulator:
-    """An in-process Assistants v2 server (see the module docstring and ``runmachine.testing``)."""
+    """An in-process Assistants v2 server (see the module docstring and ``runmachine.testing``).
+
+    Options (all also settable as attributes; ``reset()`` restores the constructor's values):
+    ``run_ttl`` seconds from creation to expiry (``expires_at = floor(created + ttl)``);
+    ``delta_delay`` seconds between streamed deltas; ``error_shape`` of injected ``event: error``
+    (``"bare"`` as in the spec, or ``"wrapped"`` in ``{"error": ...}``); ``stream_cancelling``
+    whether ``thread.run.cancelling`` is pushed into an open stream; ``poll_after_ms`` sent as
+    ``openai-poll-after-ms`` on run retrieval; ``keepalive_interval`` idle seconds before a
+    ``: keep-alive`` comment on an open stream; ``queue_delay`` seconds a run stays ``queued``
+    before ``in_progress`` (after creation and after each submission).
+    """
 
     def __init__(
         self,
@@ -177,6 +187,7 @@ class Emulator:
         stream_cancelling: bool = True,
         poll_after_ms: int | None = None,
         keepalive_interval: float = 1.0,
+        queue_delay: float = 0.0,
     ) -> None:
         if error_shape not in ("bare", "wrapped"):
             raise ValueError("error_shape must be 'bare' or 'wrapped'")
@@ -187,6 +198,7 @@ class Emulator:
             "stream_cancelling": stream_cancelling,
             "poll_after_ms": poll_after_ms,
             "keepalive_interval": keepalive_interval,
+            "queue_delay": queue_delay,
         }
         self.run_ttl = run_ttl
         self.delta_delay = delta_delay
@@ -194,6 +206,7 @@ class Emulator:
         self.stream_cancelling = stream_cancelling
         self.poll_after_ms = poll_after_ms
         self.keepalive_interval = keepalive_interval
+        self.queue_delay = queue_delay
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -461,7 +474,7 @@ class Emulator:
 
     async def _segment(self, run: _Run) -> None:
         try:
-            await self._pause(run, 0.0)
+            await self._pause(run, self.queue_delay)
             with self._lock:
                 run.data.update(status="in_progress", started_at=ob.now())
                 self._emit(run, "thread.run.in_progress", run.data)
