@@ -322,12 +322,19 @@ def _node_attrs(d: _Drawing, state: str) -> dict[str, str]:
         a["fillcolor"] = "#f1f5f9"
         a["peripheries"] = "2"
     if d.trace:
+        # Marks of a trace go in ``xlabel``s, which Graphviz places after the layout, so that
+        # a trace keeps the lifecycle's layout exactly.
         if state == d.final_state:
             stopped = d.error is not None
             a["fillcolor"] = "#fee2e2" if stopped else "#bbf7d0"
             a["color"] = "#b91c1c" if stopped else "#15803d"
             a["penwidth"] = "3"
-            a["label"] += "\n(stopped here)" if stopped else "\n(final state)"
+            a["xlabel"] = (
+                "\n".join(textwrap.wrap(f"stopped here: {d.error}", 40))
+                if d.error is not None
+                else "final state"
+            )
+            a["fontcolor"] = "#7f1d1d" if stopped else "#14532d"
         elif state in d.visited:
             a["fillcolor"] = "#dbeafe"
             a["color"] = _TAKEN
@@ -352,7 +359,9 @@ def _edge_attrs(d: _Drawing, index: int, edge: _Edge) -> dict[str, str]:
         a["color"] = a["fontcolor"] = "#a78bfa"
     if d.trace:
         if edge.taken:
-            a["label"] = f"{label}\n×{edge.taken}"
+            a["headlabel"] = f"×{edge.taken}"
+            a["labelfontcolor"] = _TAKEN
+            a["labelfontsize"] = "13"
             a["color"] = a["fontcolor"] = _TAKEN
             a["penwidth"] = "3"
         else:
@@ -407,27 +416,6 @@ def _to_dot(d: _Drawing) -> str:
         lines.append(
             f"    {_dot_quote(edge.source)} -> {_dot_quote(edge.dest)} "
             f"{_dot_attrs(**_edge_attrs(d, index, edge))};"
-        )
-    if d.trace and d.error is not None and d.final_state is not None:
-        text = "\n".join(textwrap.wrap(f"stopped here: {d.error}", 48))
-        lines.append(
-            "    stop_note "
-            + _dot_attrs(
-                shape="note",
-                label=text,
-                style="filled",
-                fillcolor="#fef2f2",
-                color="#b91c1c",
-                fontcolor="#7f1d1d",
-                fontsize="10",
-                id="stop_note",
-            )
-            + ";"
-        )
-        lines.append(
-            f"    stop_note -> {_dot_quote(d.final_state)} "
-            + _dot_attrs(style="dotted", color="#b91c1c", arrowhead="none", id="stop_note_edge")
-            + ";"
         )
     lines.append("}")
     return "\n".join(lines) + "\n"
