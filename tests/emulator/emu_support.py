@@ -121,11 +121,34 @@ def collapse(names: list[str]) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def openapi() -> dict[str, Any]:
+    """The spec, loaded once per session, with OpenAPI 3.0 ``nullable: true`` made JSON Schema.
+
+    The file declares OpenAPI 3.1 yet many schemas still mark nullability the 3.0 way, which a
+    2020-12 validator ignores; ``_nullable`` applies the 3.0 meaning (``null`` is also valid).
+    """
     import yaml
 
     with OPENAPI.open("rb") as fh:
         doc: dict[str, Any] = yaml.load(fh, Loader=yaml.CSafeLoader)
-    return doc
+    result: dict[str, Any] = _nullable(doc)
+    return result
+
+
+def _nullable(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_nullable(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _nullable(value) for key, value in node.items()}
+    if out.pop("nullable", False) is True:
+        kind = out.get("type")
+        if isinstance(kind, str) and "$ref" not in out and "allOf" not in out:
+            out["type"] = [kind, "null"]
+            if isinstance(out.get("enum"), list) and None not in out["enum"]:
+                out["enum"] = [*out["enum"], None]
+        else:
+            return {"anyOf": [out, {"type": "null"}]}
+    return out
 
 
 @functools.cache

@@ -54,17 +54,12 @@ def normalize_tools(tools: Any) -> list[JSON]:
             continue
         if tool.get("type") == "function" and isinstance(tool.get("function"), dict):
             fn = tool["function"]
-            out.append(
-                {
-                    "type": "function",
-                    "function": {
-                        "name": fn.get("name"),
-                        "description": fn.get("description"),
-                        "parameters": fn.get("parameters") or {"type": "object", "properties": {}},
-                        "strict": bool(fn.get("strict", False)),
-                    },
-                }
-            )
+            function: JSON = {"name": fn.get("name")}
+            if fn.get("description") is not None:
+                function["description"] = fn["description"]
+            function["parameters"] = fn.get("parameters") or {"type": "object", "properties": {}}
+            function["strict"] = bool(fn.get("strict", False))
+            out.append({"type": "function", "function": function})
         else:
             out.append(copy.deepcopy(tool))
     return out

@@ -91,14 +91,15 @@ _SERVER_ERROR = "The server had an error while processing your request. Sorry ab
 @attrs.frozen
 class RunStats:
     """What the server saw of one run. ``submissions_received`` counts every submit request
-    that reached the run; each one is either accepted (the run moved on) or rejected (answered
-    with an error: a 400 or an injected fault)."""
+    that reached the run; each one is accepted (the run moved on), rejected (refused with a
+    400), or faulted (answered by an injected fault)."""
 
     run_id: str
     status: str
     submissions_received: int
     submissions_accepted: int
     submissions_rejected: int
+    submissions_faulted: int
     rounds: int
     cancel_requests: int
     tool_outputs: tuple[Mapping[str, str], ...]
@@ -135,6 +136,7 @@ class _Run:
         self.received = 0
         self.accepted = 0
         self.rejected = 0
+        self.faulted = 0
         self.rounds = 0
         self.cancel_requests = 0
         self.tool_outputs: list[dict[str, str]] = []
@@ -270,6 +272,7 @@ class Emulator:
                 submissions_received=run.received,
                 submissions_accepted=run.accepted,
                 submissions_rejected=run.rejected,
+                submissions_faulted=run.faulted,
                 rounds=run.rounds,
                 cancel_requests=run.cancel_requests,
                 tool_outputs=tuple(dict(o) for o in run.tool_outputs),
@@ -1132,7 +1135,9 @@ class Emulator:
             number = run.received
             fault = self._check_faults("submit_tool_outputs", run.requests, run.faults)
             if fault is not None:
-                run.rejected += 1
+                # An injected fault is the network's or the server's failure, not a refusal of
+                # the submission: counted apart, so tests can assert "none rejected".
+                run.faulted += 1
                 return fault
             if not isinstance(body, dict):
                 run.rejected += 1
