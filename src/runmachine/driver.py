@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
+import httpx2
 import openai
 from openai.types.beta.threads import Run
 
@@ -114,6 +115,8 @@ class Driver:
         self.lost_content = False
         self.error: str | None = None
         self.limiter = anyio.CapacityLimiter(self.options.tool_concurrency)
+        self.failing: ToolCallRecord | None = None
+        self.round_scope: anyio.CancelScope | None = None
 
     # ----------------------------------------------------------------------------------------
     # Entry points
@@ -136,7 +139,7 @@ class Driver:
                     thread_id=thread_id, assistant_id=assistant_id, stream=True, **params
                 )
 
-        return await self._guarded(self._stream_path(opener))
+        return await self._guarded(self._stream_path(opener, thread_id, time.time()))
 
     async def create_thread_and_run(self, assistant_id: str, params: Mapping[str, Any]) -> RunResult:
         threads = self.client.beta.threads
@@ -169,16 +172,32 @@ class Driver:
     # The main loop
     # ----------------------------------------------------------------------------------------
 
-    async def _stream_path(self, opener: Callable[[], Any]) -> None:
+    async def _stream_path(
+        self, opener: Callable[[], Any], thread_id: str | None = None, started: float = 0.0
+    ) -> None:
         try:
             await self._read_stream(opener)
         except _Lost:
             self.lost_content = True
             if self.m.run_id is None:
-                raise RunMachineError(
-                    "the stream that creates the run broke before the server named the run"
-                ) from None
+                await self._find_created_run(thread_id, started)
         await self._continue()
+
+    async def _find_created_run(self, thread_id: str | None, started: float) -> None:
+        """The creating stream broke before it named the run: find the run on its thread."""
+        if thread_id is not None:
+            with _sdk_call():
+                page = await self.client.beta.threads.runs.list(
+                    thread_id=thread_id, order="desc", limit=1
+                )
+            # Second-resolution timestamps: a run created within the request's second is ours.
+            if page.data and page.data[0].created_at >= int(started) - 1:
+                await self.m.observe_status(page.data[0])
+                return
+        raise RunMachineError(
+            "the stream that creates the run broke before the server named the run"
+            + ("" if thread_id else " (and create-thread-and-run gives no thread to look in)")
+        )
 
     async def _poll_path(self, create: Callable[[], Awaitable[Run]]) -> None:
         run = await create()
@@ -301,10 +320,20 @@ class Driver:
                     exc, round_no, started, results,
                 )
 
-        with anyio.CancelScope(deadline=deadline):
+        with anyio.CancelScope(deadline=deadline) as self.round_scope:
             async with anyio.create_task_group() as tg:
                 for call in calls:
                     tg.start_soon(one, call)
+        self.round_scope = None
+        if self.failing is not None:
+            record = self.failing
+            self.records.extend(r for r in results.values() if r is not record)
+            self.records.append(record)
+            await self._abort(
+                ToolFailed,
+                f"on_tool_error failed the run because of tool call {record.id} "
+                f"({record.name}): {record.error}",
+            )
         now = time.monotonic()
         for call in calls:
             if call.id not in results:
@@ -345,13 +374,11 @@ class Driver:
         decision = self.m.on_tool_error(record, exc)
         if hasattr(decision, "__await__"):
             decision = await decision
-        if decision:
-            self.records.append(record)
-            await self._abort(
-                ToolFailed,
-                f"on_tool_error failed the run because of tool call {record.id} "
-                f"({record.name}): {record.error}",
-            )
+        if decision and self.failing is None:
+            # Raised after the round's task group, not inside it (no exception groups).
+            self.failing = record
+            if self.round_scope is not None:
+                self.round_scope.cancel()
 
     def _round_deadline(self, run: Run) -> float:
         if run.expires_at is None:
@@ -389,6 +416,13 @@ class Driver:
                             tool_outputs=tool_outputs,  # type: ignore[arg-type]
                         )
                     await m.observe_status(await request)
+                return
+            except openai.BadRequestError:
+                # Refused: most often the run moved on meanwhile (expired, cancelled, failed).
+                confirmed, _ = await self._retrieve(run.thread_id, run.id)
+                if confirmed.status == "requires_action" and _required_ids(confirmed) == call_ids:
+                    raise
+                await m.observe_status(confirmed)
                 return
             except (openai.APIConnectionError, openai.InternalServerError,
                     openai.RateLimitError, _Lost) as exc:
@@ -444,7 +478,7 @@ class Driver:
                             await sink(event)
         except openai.APIStatusError:
             raise
-        except (StreamError, openai.APIConnectionError, _transport_errors()) as exc:
+        except (StreamError, openai.APIConnectionError, httpx2.TransportError) as exc:
             m.stream_errors.append(exc)
             raise _Lost(f"{type(exc).__name__}: {exc}") from exc
         if m.state not in lifecycle.TERMINAL_STATES and m.state != lifecycle.REQUIRES_ACTION:
@@ -460,7 +494,7 @@ class Driver:
             request = runs.with_raw_response.retrieve(run_id=run_id, thread_id=thread_id)
         raw = await request
         poll_after = raw.headers.get("openai-poll-after-ms")
-        return await raw.parse(), (float(poll_after) / 1000 if poll_after else None)
+        return raw.parse(), (float(poll_after) / 1000 if poll_after else None)
 
     async def _poll_until_actionable(self) -> None:
         m = self.m
@@ -575,12 +609,6 @@ def _retry_after(exc: BaseException) -> float | None:
             if 0 < seconds <= 60:
                 return seconds + random.uniform(0, 0.05)
     return None
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    import httpx2
-
-    return (httpx2.TransportError,)
 
 
 @contextmanager
