@@ -190,7 +190,7 @@ def _with_trace(
     visited.add(final_state)
     return attrs.evolve(
         drawing,
-        title=f"{drawing.title}: one run",
+        title=f"{drawing.title}, one run",
         states=tuple(states),
         edges=tuple(edges),
         trace=True,
