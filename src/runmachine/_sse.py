@@ -124,7 +124,9 @@ def build_event(name: str | None, data: str) -> Any:
             f"event {name!r} carried data that is not JSON: {data[:80]!r}", event=name
         ) from exc
     if name == "error" or (isinstance(payload, dict) and payload.get("error")):
-        inner = payload.get("error") if isinstance(payload, dict) and "error" in payload else payload
+        inner = (
+            payload.get("error") if isinstance(payload, dict) and "error" in payload else payload
+        )
         message = inner.get("message") if isinstance(inner, dict) else None
         raise StreamError(
             f"the server sent an error event: {message or 'an error occurred during streaming'}",

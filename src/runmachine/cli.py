@@ -61,6 +61,12 @@ def _cmd_diagram(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from runmachine.demo import main as demo_main
+
+    return demo_main()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runmachine",
@@ -80,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--delta-delay", type=float, default=0.0, help="seconds between streamed deltas"
     )
     emu.set_defaults(func=_cmd_emulator)
+
+    demo = sub.add_parser(
+        "demo", help="watch a multi-round tool-calling run on the embedded emulator"
+    )
+    demo.set_defaults(func=_cmd_demo)
 
     diagram = sub.add_parser(
         "diagram",

@@ -19,6 +19,7 @@ The lifecycle decisions themselves (which event may move the run where) are the 
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import random
@@ -26,7 +27,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -42,8 +43,8 @@ from runmachine.errors import (
     RequiresActionLoop,
     RunAborted,
     RunMachineError,
-    TooManyRounds,
     ToolFailed,
+    TooManyRounds,
 )
 from runmachine.result import RunResult, ToolCallRecord
 from runmachine.tools import ToolError, ToolSpec, encode_output, error_output
@@ -122,14 +123,17 @@ class Driver:
     # Entry points
     # ----------------------------------------------------------------------------------------
 
-    async def create_run(self, thread_id: str, assistant_id: str, params: Mapping[str, Any]) -> RunResult:
+    async def create_run(
+        self, thread_id: str, assistant_id: str, params: Mapping[str, Any]
+    ) -> RunResult:
         runs = self.client.beta.threads.runs
         if not self.options.stream:
 
             async def create() -> Run:
                 with _sdk_call():
                     request = runs.create(thread_id=thread_id, assistant_id=assistant_id, **params)
-                return await request
+                run: Run = await request
+                return run
 
             return await self._guarded(self._poll_path(create))
 
@@ -141,14 +145,17 @@ class Driver:
 
         return await self._guarded(self._stream_path(opener, thread_id, time.time()))
 
-    async def create_thread_and_run(self, assistant_id: str, params: Mapping[str, Any]) -> RunResult:
+    async def create_thread_and_run(
+        self, assistant_id: str, params: Mapping[str, Any]
+    ) -> RunResult:
         threads = self.client.beta.threads
         if not self.options.stream:
 
             async def create() -> Run:
                 with _sdk_call():
                     request = threads.create_and_run(assistant_id=assistant_id, **params)
-                return await request
+                run: Run = await request
+                return run
 
             return await self._guarded(self._poll_path(create))
 
@@ -256,10 +263,7 @@ class Driver:
     async def _same_round_again(self, run: Run, call_ids: frozenset[str]) -> None:
         """The server presents a round whose outputs were already submitted."""
         confirmed, _ = await self._retrieve(run.thread_id, run.id)
-        if (
-            confirmed.status != "requires_action"
-            or _required_ids(confirmed) != call_ids
-        ):
+        if confirmed.status != "requires_action" or _required_ids(confirmed) != call_ids:
             await self.m.observe_status(confirmed)
             return
         if self.resubmitted[call_ids] >= 1:
@@ -303,21 +307,39 @@ class Driver:
                                 lambda: func(**kwargs), abandon_on_cancel=True
                             )
                 results[call.id] = ToolCallRecord(
-                    call.id, name, arguments, encode_output(value), None, round_no,
-                    started, time.monotonic(),
+                    call.id,
+                    name,
+                    arguments,
+                    encode_output(value),
+                    None,
+                    round_no,
+                    started,
+                    time.monotonic(),
                 )
             except ToolError as exc:
-                await self._tool_failed(call, exc.kind, exc.message, exc, round_no, started, results)
+                await self._tool_failed(
+                    call, exc.kind, exc.message, exc, round_no, started, results
+                )
             except TimeoutError as exc:
                 timeout = spec.timeout if spec else None
                 await self._tool_failed(
-                    call, "timeout", f"tool {name!r} did not finish within {timeout} s",
-                    exc, round_no, started, results,
+                    call,
+                    "timeout",
+                    f"tool {name!r} did not finish within {timeout} s",
+                    exc,
+                    round_no,
+                    started,
+                    results,
                 )
             except Exception as exc:
                 await self._tool_failed(
-                    call, "tool_raised", f"tool {name!r} raised {type(exc).__name__}: {exc}",
-                    exc, round_no, started, results,
+                    call,
+                    "tool_raised",
+                    f"tool {name!r} raised {type(exc).__name__}: {exc}",
+                    exc,
+                    round_no,
+                    started,
+                    results,
                 )
 
         with anyio.CancelScope(deadline=deadline) as self.round_scope:
@@ -342,9 +364,14 @@ class Driver:
                     " s before the run's expires_at and was cancelled so the run does not expire"
                 )
                 record = ToolCallRecord(
-                    call.id, call.function.name, call.function.arguments,
-                    error_output("deadline", message, call.function.name), message, round_no,
-                    None, now,
+                    call.id,
+                    call.function.name,
+                    call.function.arguments,
+                    error_output("deadline", message, call.function.name),
+                    message,
+                    round_no,
+                    None,
+                    now,
                 )
                 results[call.id] = record
                 await self._maybe_fail_run(record, TimeoutError(message))
@@ -363,16 +390,21 @@ class Driver:
         results: dict[str, ToolCallRecord],
     ) -> None:
         record = ToolCallRecord(
-            call.id, call.function.name, call.function.arguments,
-            error_output(kind, message, call.function.name), message, round_no,
-            started, time.monotonic(),
+            call.id,
+            call.function.name,
+            call.function.arguments,
+            error_output(kind, message, call.function.name),
+            message,
+            round_no,
+            started,
+            time.monotonic(),
         )
         results[call.id] = record
         await self._maybe_fail_run(record, exc)
 
     async def _maybe_fail_run(self, record: ToolCallRecord, exc: BaseException) -> None:
-        decision = self.m.on_tool_error(record, exc)
-        if hasattr(decision, "__await__"):
+        decision: Any = self.m.on_tool_error(record, exc)
+        if inspect.isawaitable(decision):
             decision = await decision
         if decision and self.failing is None:
             # Raised after the round's task group, not inside it (no exception groups).
@@ -404,15 +436,18 @@ class Driver:
                     def opener() -> Any:
                         with _sdk_call():
                             return runs.with_streaming_response.submit_tool_outputs(
-                                run_id=run.id, thread_id=run.thread_id,
-                                tool_outputs=tool_outputs, stream=True,  # type: ignore[arg-type]
+                                run_id=run.id,
+                                thread_id=run.thread_id,
+                                tool_outputs=tool_outputs,
+                                stream=True,  # type: ignore[arg-type]
                             )
 
                     await self._read_stream(opener)
                 else:
                     with _sdk_call():
                         request = runs.submit_tool_outputs(
-                            run_id=run.id, thread_id=run.thread_id,
+                            run_id=run.id,
+                            thread_id=run.thread_id,
                             tool_outputs=tool_outputs,  # type: ignore[arg-type]
                         )
                     await m.observe_status(await request)
@@ -424,8 +459,12 @@ class Driver:
                     raise
                 await m.observe_status(confirmed)
                 return
-            except (openai.APIConnectionError, openai.InternalServerError,
-                    openai.RateLimitError, _Lost) as exc:
+            except (
+                openai.APIConnectionError,
+                openai.InternalServerError,
+                openai.RateLimitError,
+                _Lost,
+            ) as exc:
                 retry_after = _retry_after(exc)
             if m.state != lifecycle.SUBMITTING:
                 # Events of the new stream arrived before it broke: the round was accepted.
@@ -566,10 +605,8 @@ class Driver:
         if m.run_id is None or m.thread_id is None or m.is_finished:
             return
         with anyio.move_on_after(self.options.cancel_timeout, shield=True):
-            try:
+            with suppress(RunMachineError):
                 await m.request_cancel()
-            except RunMachineError:
-                pass
             try:
                 with _sdk_call():
                     request = self._no_retry.beta.threads.runs.cancel(

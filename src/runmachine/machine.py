@@ -300,7 +300,9 @@ class RunMachine:
             self._reset()
         self._driving = True
 
-    async def _drive(self, work: Callable[[Driver], Awaitable[RunResult]], sink: Any = None) -> RunResult:
+    async def _drive(
+        self, work: Callable[[Driver], Awaitable[RunResult]], sink: Any = None
+    ) -> RunResult:
         from runmachine.driver import Driver
 
         self._begin()
@@ -323,7 +325,9 @@ class RunMachine:
         return await self._drive(lambda d: d.resume(thread_id, run_id))
 
     @asynccontextmanager
-    async def stream(self, *, thread_id: str, assistant_id: str, **params: Any) -> AsyncIterator[EventStream]:
+    async def stream(
+        self, *, thread_id: str, assistant_id: str, **params: Any
+    ) -> AsyncIterator[EventStream]:
         """Drive a run while yielding its SDK events, across every tool handoff::
 
             async with machine.stream(thread_id=t, assistant_id=a) as events:

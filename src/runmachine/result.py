@@ -65,7 +65,9 @@ class RunResult:
         """Draw the path this run took on the lifecycle diagram (see ``runmachine.diagrams``)."""
         from runmachine.diagrams import draw_trace
 
-        return draw_trace(self.transitions, final_state=self.status, error=self.error, format=format)
+        return draw_trace(
+            self.transitions, final_state=self.status, error=self.error, format=format
+        )
 
     @property
     def run_id(self) -> str | None:

@@ -83,7 +83,8 @@ class ToolSpec:
                 for err in exc.errors()
             )
             raise ToolError(
-                "invalid_arguments", f"arguments for {self.name} do not match its schema: {problems}"
+                "invalid_arguments",
+                f"arguments for {self.name} do not match its schema: {problems}",
             ) from exc
         return {name: getattr(model, name) for name in type(model).model_fields}
 
@@ -113,7 +114,7 @@ def _spec_for(
         annotation = hints.get(param.name, Any)
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (annotation, default)
-    model = pydantic.create_model(  # type: ignore[call-overload]
+    model = pydantic.create_model(
         f"{func.__name__}_arguments",
         __config__=pydantic.ConfigDict(extra="forbid"),
         **fields,

@@ -14,9 +14,12 @@ from runmachine import RunMachine
 async def thread_and_assistant(
     openai_client: openai.AsyncOpenAI,
 ) -> Any:
-    async def make(machine_cls: type[RunMachine] = RunMachine, text: str = "hello") -> tuple[str, str]:
+    async def make(
+        machine_cls: type[RunMachine] = RunMachine, text: str = "hello"
+    ) -> tuple[str, str]:
         assistant = await openai_client.beta.assistants.create(
-            model="gpt-4o", tools=machine_cls.tool_definitions()  # type: ignore[arg-type]
+            model="gpt-4o",
+            tools=machine_cls.tool_definitions(),  # type: ignore[arg-type]
         )
         thread = await openai_client.beta.threads.create(
             messages=[{"role": "user", "content": text}]

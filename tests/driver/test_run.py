@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import anyio
 import openai
@@ -13,8 +13,8 @@ import pytest
 from runmachine import (
     RequiresActionLoop,
     RunMachine,
-    TooManyRounds,
     ToolFailed,
+    TooManyRounds,
     tool,
 )
 from runmachine.testing import Emulator, Faults, HTTPFault, Scenario
@@ -64,7 +64,9 @@ def assert_one_submission_per_round(emulator: Emulator, result: Any) -> None:
     assert len(set(submitted)) == len(submitted)
 
 
-async def test_plain_text(emulator: Emulator, openai_client: Any, thread_and_assistant: Any) -> None:
+async def test_plain_text(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
     emulator.enqueue(Scenario.text("Hello there, friend."))
     thread_id, assistant_id = await thread_and_assistant()
     result = await Weather(openai_client).run(thread_id=thread_id, assistant_id=assistant_id)
@@ -75,7 +77,9 @@ async def test_plain_text(emulator: Emulator, openai_client: Any, thread_and_ass
     assert result.usage is not None
 
 
-async def test_one_tool_call(emulator: Emulator, openai_client: Any, thread_and_assistant: Any) -> None:
+async def test_one_tool_call(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
     emulator.enqueue(Scenario().tool_round([("get_weather", {"city": "Paris"})]).reply("Sunny."))
     thread_id, assistant_id = await thread_and_assistant(Weather)
     result = await Weather(openai_client).run(thread_id=thread_id, assistant_id=assistant_id)
@@ -148,7 +152,9 @@ class Barrier(RunMachine):
 async def test_parallel_calls_meet_at_a_barrier(
     emulator: Emulator, openai_client: Any, thread_and_assistant: Any
 ) -> None:
-    emulator.enqueue(Scenario().tool_round([("wait_for_all", {"n": i}) for i in range(8)]).reply("ok"))
+    emulator.enqueue(
+        Scenario().tool_round([("wait_for_all", {"n": i}) for i in range(8)]).reply("ok")
+    )
     thread_id, assistant_id = await thread_and_assistant(Barrier)
     machine = Barrier(openai_client)
     result = await machine.run(thread_id=thread_id, assistant_id=assistant_id)
@@ -227,7 +233,9 @@ async def test_on_tool_error_may_fail_the_run(
 async def test_slow_tool_near_expiry_does_not_expire_the_run(
     emulator: Emulator, openai_client: Any, thread_and_assistant: Any
 ) -> None:
-    emulator.enqueue(Scenario().tool_round([("stuck", {}), ("get_rain", {"city": "x"})]).reply("ok"))
+    emulator.enqueue(
+        Scenario().tool_round([("stuck", {}), ("get_rain", {"city": "x"})]).reply("ok")
+    )
     thread_id, assistant_id = await thread_and_assistant(Weather)
     machine = Weather(openai_client, deadline_margin=1.0)
     result = await machine.run(thread_id=thread_id, assistant_id=assistant_id)
@@ -255,14 +263,18 @@ async def test_terminal_outcomes_are_results(
 ) -> None:
     emulator.enqueue(scenario)
     thread_id, assistant_id = await thread_and_assistant(Weather)
-    result = await Weather(openai_client, **FAST).run(thread_id=thread_id, assistant_id=assistant_id)
+    result = await Weather(openai_client, **FAST).run(
+        thread_id=thread_id, assistant_id=assistant_id
+    )
     assert result.status == status
     assert result.run.status == status
     if status == "failed":
         assert result.run.last_error.code == "server_error"
     if status == "incomplete":
         assert result.run.incomplete_details.reason == "max_completion_tokens"
-    assert emulator.run_stats(result.run_id).submissions_rejected <= (1 if status == "expired" else 0)
+    assert emulator.run_stats(result.run_id).submissions_rejected <= (
+        1 if status == "expired" else 0
+    )
 
 
 async def test_identical_rounds_are_a_loop(
@@ -299,14 +311,18 @@ async def test_same_call_ids_again_are_never_run_twice(
     assert stats.cancel_requests == 1
 
 
-async def test_max_rounds(emulator: Emulator, openai_client: Any, thread_and_assistant: Any) -> None:
+async def test_max_rounds(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
     scenario = Scenario()
     for i in range(4):
         scenario = scenario.tool_round([("get_rain", {"city": f"c{i}"})])
     emulator.enqueue(scenario.reply("never"))
     thread_id, assistant_id = await thread_and_assistant(Weather)
     with pytest.raises(TooManyRounds, match="max_rounds=3") as info:
-        await Weather(openai_client, max_rounds=3).run(thread_id=thread_id, assistant_id=assistant_id)
+        await Weather(openai_client, max_rounds=3).run(
+            thread_id=thread_id, assistant_id=assistant_id
+        )
     assert info.value.result is not None
     assert info.value.result.rounds == 3
     assert emulator.run_stats(info.value.result.run_id).cancel_requests == 1
@@ -363,7 +379,9 @@ async def test_dropped_connection_at_every_event_index(
     emulator: Emulator, openai_client: Any, thread_and_assistant: Any
 ) -> None:
     thread_id, assistant_id = await thread_and_assistant(Weather)
-    base = Scenario().tool_round([("get_weather", {"city": "Nice"}), ("get_rain", {"city": "Nice"})])
+    base = Scenario().tool_round(
+        [("get_weather", {"city": "Nice"}), ("get_rain", {"city": "Nice"})]
+    )
     for stream_index in (0, 1):
         for k in range(0, 16):
             emulator.enqueue(
@@ -381,8 +399,12 @@ async def test_dropped_connection_at_every_event_index(
     "faults",
     [
         Faults(http_errors=[HTTPFault(endpoint="submit_tool_outputs", nth=1, status=500)]),
-        Faults(http_errors=[HTTPFault(endpoint="submit_tool_outputs", nth=1, status=503),
-                            HTTPFault(endpoint="submit_tool_outputs", nth=2, status=502)]),
+        Faults(
+            http_errors=[
+                HTTPFault(endpoint="submit_tool_outputs", nth=1, status=503),
+                HTTPFault(endpoint="submit_tool_outputs", nth=2, status=502),
+            ]
+        ),
         Faults(
             http_errors=[
                 HTTPFault(endpoint="submit_tool_outputs", nth=1, status=429, retry_after=0.05)
@@ -399,7 +421,9 @@ async def test_submit_faults_submit_exactly_once(
         Scenario().tool_round([("get_rain", {"city": "Bern"})]).reply("Dry.").with_faults(faults)
     )
     thread_id, assistant_id = await thread_and_assistant(Weather)
-    result = await Weather(openai_client, **FAST).run(thread_id=thread_id, assistant_id=assistant_id)
+    result = await Weather(openai_client, **FAST).run(
+        thread_id=thread_id, assistant_id=assistant_id
+    )
     assert result.status == "completed"
     assert result.text == "Dry."
     assert_one_submission_per_round(emulator, result)
@@ -447,7 +471,9 @@ async def test_resume_from_each_server_status(
         assert_one_submission_per_round(emulator, result)
 
 
-async def test_polling_mode(emulator: Emulator, openai_client: Any, thread_and_assistant: Any) -> None:
+async def test_polling_mode(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
     emulator.enqueue(
         Scenario().tool_round([("get_weather", {"city": "Riga"})]).reply("Polled answer.")
     )
@@ -455,7 +481,7 @@ async def test_polling_mode(emulator: Emulator, openai_client: Any, thread_and_a
 
     class Counting(Weather):
         deltas = 0
-        entered: list[str] = []
+        entered: ClassVar[list[str]] = []
 
         def on_text_delta(self, delta: Any, snapshot: Any) -> None:
             Counting.deltas += 1
@@ -480,14 +506,16 @@ async def test_stream_yields_sdk_events_across_handoffs(
     emulator.enqueue(Scenario().tool_round([("get_rain", {"city": "x"})]).reply("Streamed."))
     thread_id, assistant_id = await thread_and_assistant(Weather)
     names = []
-    async with Weather(openai_client).stream(thread_id=thread_id, assistant_id=assistant_id) as events:
+    async with Weather(openai_client).stream(
+        thread_id=thread_id, assistant_id=assistant_id
+    ) as events:
         async for event in events:
             names.append(event.event)
     assert events.result is not None
     assert events.result.status == "completed"
     assert names.count("thread.run.requires_action") == 1
     assert names[-1] == "thread.run.completed"
-    assert "thread.run.step.completed" in names[names.index("thread.run.requires_action"):]
+    assert "thread.run.step.completed" in names[names.index("thread.run.requires_action") :]
 
 
 async def test_tools_without_subclassing(
@@ -509,7 +537,9 @@ async def test_tools_without_subclassing(
     assert seen == [True]  # plain functions run in a worker thread
 
 
-async def test_client_options_are_respected(emulator: Emulator, thread_and_assistant: Any, emulator_url: str) -> None:
+async def test_client_options_are_respected(
+    emulator: Emulator, thread_and_assistant: Any, emulator_url: str
+) -> None:
     emulator.enqueue(Scenario.text("hi"))
     async with openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k") as wrong:
         client = wrong.with_options(base_url=emulator_url, timeout=5.0)
