@@ -438,8 +438,8 @@ class Driver:
                             return runs.with_streaming_response.submit_tool_outputs(
                                 run_id=run.id,
                                 thread_id=run.thread_id,
-                                tool_outputs=tool_outputs,
-                                stream=True,  # type: ignore[arg-type]
+                                tool_outputs=tool_outputs,  # type: ignore[arg-type]
+                                stream=True,
                             )
 
                     await self._read_stream(opener)
