@@ -7,6 +7,7 @@ The public names live here. ``runmachine.lifecycle`` holds the lifecycle table i
 from __future__ import annotations
 
 from runmachine import lifecycle
+from runmachine.driver import DriverOptions, EventStream
 from runmachine.errors import (
     DuplicateSubmission,
     HookError,
@@ -17,7 +18,6 @@ from runmachine.errors import (
     ToolFailed,
     TooManyRounds,
 )
-from runmachine.driver import DriverOptions, EventStream
 from runmachine.machine import RunMachine, ToleratedEvent, TransitionRecord
 from runmachine.result import RunResult, ToolCallRecord
 from runmachine.tools import ToolSpec, tool
@@ -34,10 +34,10 @@ __all__ = [
     "RunMachineError",
     "RunResult",
     "ToleratedEvent",
-    "ToolCallRecord",
-    "ToolSpec",
     "TooManyRounds",
+    "ToolCallRecord",
     "ToolFailed",
+    "ToolSpec",
     "TransitionRecord",
     "lifecycle",
     "tool",
