@@ -187,7 +187,8 @@ async def test_http_fault_is_retried_then_succeeds(
     assert run.status == "completed"
     stats = emulator.run_stats(run.id)
     assert stats.submissions_received == 2
-    assert (stats.submissions_accepted, stats.submissions_rejected) == (1, 1)
+    assert (stats.submissions_accepted, stats.submissions_rejected) == (1, 0)
+    assert stats.submissions_faulted == 1
     assert stats.requests["create_run"] == 2
 
 

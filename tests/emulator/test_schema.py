@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx2
 import pytest
-
 from emu_support import raw_get, raw_post, raw_sse, validator
+
 from runmachine.testing import Emulator, Faults, Scenario
 
 pytestmark = pytest.mark.anyio

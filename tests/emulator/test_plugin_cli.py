@@ -1,0 +1,78 @@
+"""The pytest plugin's fixtures, ``Emulator.serve()`` and the ``runmachine emulator`` command."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx2
+import pytest
+
+from runmachine.testing import Emulator, Scenario
+
+
+def test_plugin_imports_without_server_dependencies() -> None:
+    code = (
+        "import sys; sys.modules['starlette'] = None; sys.modules['uvicorn'] = None;"
+        "import runmachine.testing.pytest_plugin, runmachine.testing;"
+        "print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
+
+
+def test_fixture_gives_fresh_state(emulator: Emulator, emulator_url: str) -> None:
+    assert emulator_url == emulator.base_url
+    assert emulator_url.startswith("http://127.0.0.1:") and emulator_url.endswith("/v1")
+    emulator.enqueue(Scenario.text("x"))
+    assert emulator.run_ttl == 600.0
+
+
+@pytest.mark.emulator(run_ttl=5.0)
+def test_marker_sets_options(emulator: Emulator) -> None:
+    assert emulator.run_ttl == 5.0
+    assert emulator._queue == type(emulator._queue)()  # the previous test's scenario is gone
+
+
+def test_serve_context_manager_stops_cleanly() -> None:
+    emu = Emulator()
+    with emu.serve() as base_url:
+        response = httpx2.post(base_url + "/threads", json={})
+        assert response.status_code == 200
+        assert response.headers["openai-version"] == "2020-10-01"
+        assert response.headers["x-request-id"].startswith("req_")
+    with pytest.raises(RuntimeError):
+        _ = emu.base_url
+    with pytest.raises(httpx2.ConnectError):
+        httpx2.post(base_url + "/threads", json={})
+
+
+def test_cli_serves_standalone() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runmachine.cli", "emulator", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx2.post(
+                    f"http://127.0.0.1:{port}/v1/assistants", json={"model": "gpt-4o"}
+                )
+                break
+            except httpx2.TransportError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert response.json()["object"] == "assistant"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
