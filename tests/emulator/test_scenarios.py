@@ -222,5 +222,5 @@ async def test_list_paging(openai_client: openai.AsyncOpenAI) -> None:
     seen = [m.content[0].text.value async for m in page]  # type: ignore[union-attr]
     assert seen == ["m0", "m1", "m2", "m3", "m4"]
     desc = await openai_client.beta.threads.messages.list(thread.id, limit=10)
-    assert [m.content[0].text.value for m in desc.data][0] == "m4"  # type: ignore[union-attr]
+    assert desc.data[0].content[0].text.value == "m4"  # type: ignore[union-attr]
     assert desc.first_id == desc.data[0].id and not desc.has_more

@@ -2,9 +2,9 @@
 
 Real-wire quirks (PROTOCOL.md §3 and the recordings) are allowed explicitly and narrowly:
 run steps carry ``expires_at`` instead of ``expired_at`` and no ``metadata``; runs carry the
-extra ``tool_resources`` and ``reasoning_effort`` and ``instructions: null``; messages from the REST endpoints omit
-``status``, ``incomplete_details``, ``incomplete_at`` and ``completed_at``; empty lists have
-``first_id``/``last_id`` null.
+extra ``tool_resources`` and ``reasoning_effort`` and ``instructions: null``; messages from the
+REST endpoints omit ``status``, ``incomplete_details``, ``incomplete_at`` and ``completed_at``;
+empty lists have ``first_id``/``last_id`` null.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The real SDK drives the emulator over HTTP: stream helpers with handlers, raw streams, polling."""
+"""The real SDK drives the emulator over HTTP: stream helpers, handlers, raw streams, polling."""
 
 from __future__ import annotations
 
