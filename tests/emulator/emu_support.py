@@ -10,11 +10,10 @@ from typing import Any
 import httpx2
 import openai
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-if not SHARED.exists():  # the checkout may sit elsewhere; fall back to the documented path
-    SHARED = Path("/work/shared")
-RECORDINGS = SHARED / "recordings" / "openai-dotnet"
-OPENAPI = SHARED / "openapi" / "openapi.yaml"
+# Test data ships in the repository, so a fresh clone runs the suite on its own.
+DATA = Path(__file__).resolve().parents[1] / "data"
+RECORDINGS = DATA / "recordings"
+OPENAPI = DATA / "openapi" / "openapi.yaml"
 
 WEATHER_TOOLS: list[dict[str, Any]] = [
     {
