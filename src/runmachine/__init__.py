@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from runmachine import lifecycle
 from runmachine.driver import DriverOptions, EventStream
+from runmachine.encoding import encode_event, ndjson_line, sse_event, stream_run
 from runmachine.errors import (
     DuplicateSubmission,
     HookError,
@@ -39,7 +40,11 @@ __all__ = [
     "ToolFailed",
     "ToolSpec",
     "TransitionRecord",
+    "encode_event",
     "lifecycle",
+    "ndjson_line",
+    "sse_event",
+    "stream_run",
     "tool",
 ]
 
