@@ -1,23 +1,178 @@
-"""The README's demo command runs to completion and shows text, tool calls and transitions."""
+"""``runmachine demo`` in a subprocess: the conversation, each ``--scenario``, the rich output, a
+real ``--base-url``, and the readable failures with their exit codes."""
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+from runmachine.demo import EXIT_NOT_COMPLETED, EXIT_OK, EXIT_SERVER, EXIT_USAGE
+from runmachine.testing import Emulator
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
+_RUN_LINE = re.compile(r"^run (run_\w+): (\w+), (\d+) rounds?, (\d+) tool calls?, ", re.M)
 
 
-def test_demo_runs_in_a_subprocess() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "runmachine.cli", "demo"],
+def demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runmachine.cli", "demo", *args],
         capture_output=True,
         text=True,
+        encoding="utf-8",
         timeout=120,
         check=False,
+        # Wide enough that rich does not wrap the lines asserted on.
+        env={**os.environ, "COLUMNS": "200"},
     )
-    assert done.returncode == 0, done.stderr
+
+
+def test_demo_runs_a_two_turn_conversation_in_plain_text() -> None:
+    done = demo()
+    assert done.returncode == EXIT_OK, done.stderr
     out = done.stdout
-    assert "[requires_action -> submitting]" in out
-    assert "tool call get_current_temperature" in out
-    assert "round 2: slow_forecast" in out
-    assert 'get_rain_probability returned "0.2"' in out
-    assert out.count("completed, ") == 2
+    # Two user turns, each its own run; the first takes two rounds, the second one.
+    runs = _RUN_LINE.findall(out)
+    assert [(status, rounds, calls) for _, status, rounds, calls in runs] == [
+        ("completed", "2", "3"),
+        ("completed", "1", "2"),
+    ]
+    # The tool calls with their arguments, parallel in round 1, then their outputs.
+    assert 'round 1: tool call get_current_temperature({"location": "Paris"}) ...' in out
+    assert 'round 1: tool call get_rain_probability({"location": "Paris"}) ...' in out
+    assert 'round 2: tool call slow_forecast({"location": "Paris"}) ...' in out
+    assert "get_current_temperature -> '18 degrees C in Paris' (" in out
+    assert "slow_forecast -> 'dry all week in Paris' (" in out
+    assert 'round 1: tool call get_rain_probability({"location": "Oslo"}) ...' in out
+    # Every transition as it happens, in order, for the first run.
+    first = out[: out.index("user: and for Oslo?")]
+    transitions = re.findall(r"\[(\w+) -> (\w+)\]", first)
+    assert transitions == [
+        ("pending", "queued"),
+        ("queued", "in_progress"),
+        ("in_progress", "requires_action"),
+        ("requires_action", "submitting"),
+        ("submitting", "queued"),
+        ("queued", "in_progress"),
+        ("in_progress", "requires_action"),
+        ("requires_action", "submitting"),
+        ("submitting", "queued"),
+        ("queued", "in_progress"),
+        ("in_progress", "completed"),
+    ]
+    # The streamed text, and the trace of the last run.
+    assert (
+        'assistant: get_current_temperature returned "18 degrees C in Paris". '
+        'get_rain_probability returned "0.2". slow_forecast returned "dry all week in Paris".'
+    ) in out
+    assert f"trace of run {runs[1][0]} on the lifecycle table:" in out
+    assert re.search(r"in_progress -> completed +thread\.run\.completed +x1", out)
+    assert "ended in completed; never visited: cancelling, failed" in out
+
+
+def test_scenario_dropped_stream_recovers_by_polling() -> None:
+    done = demo("--scenario", "dropped-stream")
+    assert done.returncode == EXIT_OK, done.stderr
+    out = done.stdout
+    assert "the stream broke (" in out
+    # Only part of the answer streamed; the rest came back from messages.list.
+    assert "re-read with messages.list after the stream broke" in out
+    assert (
+        'assistant: get_current_temperature returned "18 degrees C in Paris". '
+        'get_rain_probability returned "0.2".'
+    ) in out
+    polls = re.search(
+        r"the emulator saw: run completed, 1 tool round, .* (\d+) runs\.retrieve", out
+    )
+    assert polls is not None and int(polls.group(1)) >= 1, out
+
+
+def test_scenario_loop_is_stopped_by_the_guard_and_exits_1() -> None:
+    done = demo("--scenario", "loop")
+    assert done.returncode == EXIT_NOT_COMPLETED, done.stderr
+    out = done.stdout
+    assert "FAILED: RequiresActionLoop: run run_" in out
+    assert "past max_identical_rounds=3; the run was cancelled" in out
+    assert "[requires_action -> cancelling]  (cancel)" in out
+    assert "round 4: tool call get_current_temperature" in out
+    # The server's view: three rounds were taken, then the run was cancelled.
+    assert re.search(
+        r"the emulator saw: run cancel(led|ling), 4 tool rounds, 3 submissions \(3 accepted", out
+    ), out
+    assert "stopped in cancelling" in out
+
+
+def test_scenario_slow_tool_is_cut_before_the_run_expires() -> None:
+    done = demo("--scenario", "slow-tool")
+    assert done.returncode == EXIT_OK, done.stderr
+    out = done.stdout
+    assert "slow_forecast !! stopped after" in out
+    assert "get_current_temperature -> '18 degrees C in Paris'" in out
+    # The model saw the deadline error output, and the run completed instead of expiring.
+    assert "was still running 3.0 s before the run's expires_at" in out
+    assert "the emulator saw: run completed, 1 tool round, 1 submission (1 accepted" in out
+
+
+def test_scenario_submit_5xx_in_rich_output() -> None:
+    done = demo("--scenario", "submit-5xx", "--output", "rich")
+    assert done.returncode == EXIT_OK, done.stderr
+    out = _ANSI.sub("", done.stdout)
+    assert "requires_action → submitting  submit_tool_outputs" in out
+    assert "submitting → requires_action  submission_not_accepted" in out
+    assert "so the same outputs go again" in out
+    assert 'get_current_temperature({"location": "Paris"}) ✓ \'18 degrees C in Paris\'' in out
+    assert 'get_rain_probability({"location": "Paris"}) ✓ \'0.2\'' in out
+    assert 'get_rain_probability returned "0.2".' in out
+    assert "2 submissions (1 accepted, 0 rejected, 1 faulted)" in out
+    assert "trace of run run_" in out
+    assert re.search(
+        r"submitting\s*│\s*requires_action\s*│\s*submission_not_accepted\s*│\s*×1", out
+    )
+
+
+def test_base_url_runs_the_demo_against_a_served_emulator(tmp_path: Path) -> None:
+    emulator = Emulator()
+    diagram = tmp_path / "trace.mmd"
+    with emulator.serve() as base_url:
+        done = demo("--base-url", base_url, "--api-key", "k", "--diagram", str(diagram))
+        assert done.returncode == EXIT_OK, done.stderr
+        runs = _RUN_LINE.findall(done.stdout)
+        assert len(runs) == 2
+        stats = [emulator.run_stats(run_id) for run_id, *_ in runs]
+    assert [(s.status, s.submissions_accepted) for s in stats] == [
+        ("completed", 2),
+        ("completed", 1),
+    ]
+    text = diagram.read_text()
+    assert text.startswith("---\ntitle: RunMachine, one run\n---\nstateDiagram-v2")
+    assert "in_progress --> completed : thread.run.completed ×1" in text
+
+
+def test_unreachable_base_url_is_a_readable_failure() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Nothing listens on the port any more.
+    done = demo("--base-url", f"http://127.0.0.1:{port}/v1")
+    assert done.returncode == EXIT_SERVER
+    assert f"runmachine demo failed: could not connect to http://127.0.0.1:{port}/v1" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scenario", "loop", "--base-url", "http://127.0.0.1:1/v1"], "--scenario makes"),
+        (["--diagram", "trace.txt"], "--diagram FILE must end in"),
+    ],
+)
+def test_bad_options_exit_2(args: list[str], message: str) -> None:
+    done = demo(*args)
+    assert done.returncode == EXIT_USAGE
+    assert message in done.stderr
+    assert done.stdout == ""

@@ -63,8 +63,22 @@ def _cmd_diagram(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from runmachine.demo import main as demo_main
+    from runmachine.demo import options_from
 
-    return demo_main()
+    return demo_main(options_from(args))
+
+
+_DEMO_EPILOG = """\
+exit status: 0 every run completed; 1 a run did not complete (a guard stopped it, or it ended
+failed, expired, cancelled or incomplete); 2 bad options; 3 the server could not be reached or
+refused a request; 130 interrupted.
+"""
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from runmachine.demo import add_arguments
+
+    add_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,8 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     emu.set_defaults(func=_cmd_emulator)
 
     demo = sub.add_parser(
-        "demo", help="watch a multi-round tool-calling run on the embedded emulator"
+        "demo",
+        help="watch a multi-round tool-calling run on the embedded emulator",
+        description="Watch a multi-round, parallel tool-calling conversation live: streamed "
+        "text, tool calls, every state transition and the run's trace. No API key needed.",
+        epilog=_DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _demo_arguments(demo)
     demo.set_defaults(func=_cmd_demo)
 
     diagram = sub.add_parser(
