@@ -329,6 +329,12 @@ class RichNarrator:
     def round_done(self) -> None:
         from rich.text import Text
 
+        self._commit_rows()
+        self._print(Text("  every output of the round goes in one submission", style="dim"))
+
+    def _commit_rows(self) -> None:
+        from rich.text import Text
+
         with self._lock:
             rows, self._rows = self._rows, []
         self._live.refresh()
@@ -341,7 +347,6 @@ class RichNarrator:
                     self._outcome(row),
                 )
             )
-        self._print(Text("  every output of the round goes in one submission", style="dim"))
 
     def trace(self, result: RunResult) -> None:
         from rich.table import Table
@@ -371,6 +376,7 @@ class RichNarrator:
         from rich.panel import Panel
 
         self.text_done()
+        self._commit_rows()
         self._print(Panel(text, title="failed", border_style="red", expand=False))
 
     def close(self) -> None:
