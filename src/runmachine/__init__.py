@@ -19,8 +19,10 @@ from runmachine.errors import (
     ToolFailed,
     TooManyRounds,
 )
+from runmachine.ledger import Ledger, LedgerError, MemoryLedger
 from runmachine.machine import RunMachine, ToleratedEvent, TransitionRecord
 from runmachine.result import RunResult, ToolCallRecord
+from runmachine.sqlite_ledger import SQLiteLedger
 from runmachine.tools import ToolSpec, tool
 
 __all__ = [
@@ -28,12 +30,16 @@ __all__ = [
     "DuplicateSubmission",
     "EventStream",
     "HookError",
+    "Ledger",
+    "LedgerError",
+    "MemoryLedger",
     "ProtocolViolation",
     "RequiresActionLoop",
     "RunAborted",
     "RunMachine",
     "RunMachineError",
     "RunResult",
+    "SQLiteLedger",
     "ToleratedEvent",
     "TooManyRounds",
     "ToolCallRecord",

@@ -20,30 +20,17 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def _cmd_diagram(args: argparse.Namespace) -> int:
-    import importlib
-    import os
-
     from runmachine.diagrams import FORMATS, GraphvizNotFound, draw_lifecycle
+    from runmachine.ledger_cli import load_machine_class
     from runmachine.machine import RunMachine
 
     cls: type[RunMachine] = RunMachine
     if args.target is not None:
-        module_name, _, attribute = args.target.partition(":")
-        if not module_name or not attribute:
-            print(
-                f"runmachine diagram: expected module:Class, got {args.target!r}", file=sys.stderr
-            )
+        try:
+            cls = load_machine_class(args.target)
+        except ValueError as exc:
+            print(f"runmachine diagram: {exc}", file=sys.stderr)
             return 2
-        # Like ``python -m``, find the user's module in the current directory.
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        found: object = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            found = getattr(found, part)
-        if not (isinstance(found, type) and issubclass(found, RunMachine)):
-            print(f"runmachine diagram: {args.target} is not a RunMachine class", file=sys.stderr)
-            return 2
-        cls = found
     assert args.format in FORMATS
     try:
         drawing = draw_lifecycle(cls, format=args.format)
@@ -127,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diagram.add_argument("-o", "--output", default=None, metavar="FILE", help="default: stdout")
     diagram.set_defaults(func=_cmd_diagram)
+
+    from runmachine.ledger_cli import add_arguments as _ledger_arguments
+
+    _ledger_arguments(sub)
     return parser
 
 

@@ -622,7 +622,7 @@ def _plan(name: str) -> _Plan:
     assert name == "submit-5xx"
     first_submit_fails = HTTPFault("submit_tool_outputs", nth=1, status=500)
     # attrs' converter=tuple leaves mypy an unsolved type variable for this field.
-    faults = Faults(http_errors=[first_submit_fails])  # type: ignore[list-item]
+    faults = Faults(http_errors=[first_submit_fails])
     return _Plan(
         "call get_current_temperature and get_rain_probability for Paris.",
         Scenario().tool_round(two).with_faults(faults),

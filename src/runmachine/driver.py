@@ -26,7 +26,7 @@ import random
 import time
 import warnings
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,7 @@ from runmachine.errors import (
     ToolFailed,
     TooManyRounds,
 )
+from runmachine.ledger import CallEntry, Ledger, RoundEntry, RunEntry, interrupted_message
 from runmachine.result import RunResult, ToolCallRecord
 from runmachine.tools import ToolError, ToolSpec, encode_output, error_output
 
@@ -108,7 +109,9 @@ class Driver:
         self.sink = sink
         self.tools: dict[str, ToolSpec] = machine.tool_specs()
         self.records: list[ToolCallRecord] = []
-        self.outputs: dict[frozenset[str], dict[str, str]] = {}
+        self.ledger: Ledger = machine.ledger
+        self.machine_name = f"{type(machine).__module__}:{type(machine).__qualname__}"
+        self.sent_here: set[int] = set()
         self.resubmitted: Counter[frozenset[str]] = Counter()
         self.rounds = 0
         self.identical = 0
@@ -167,9 +170,18 @@ class Driver:
 
         return await self._guarded(self._stream_path(opener))
 
-    async def resume(self, thread_id: str, run_id: str) -> RunResult:
+    async def resume(self, thread_id: str | None, run_id: str) -> RunResult:
         async def adopt() -> None:
-            run, _ = await self._retrieve(thread_id, run_id)
+            entry = await self.ledger.load(run_id)
+            thread = thread_id or (entry.thread_id if entry is not None else None)
+            if not thread:
+                raise RunMachineError(
+                    f"resume(run_id={run_id!r}) needs thread_id: the ledger "
+                    f"{self.ledger!r} has no record of that run"
+                )
+            run, _ = await self._retrieve(thread, run_id)
+            if entry is not None:
+                await self._take_over(entry, run)
             await self.m.adopt(run)
             await self._continue()
 
@@ -222,6 +234,25 @@ class Driver:
         if self.lost_content or not self.options.stream:
             await self._recover_content()
 
+    async def _take_over(self, entry: RunEntry, run: Run) -> None:
+        """Resume from the ledger: earlier rounds, their records, what the server took."""
+        m = self.m
+        self.rounds = entry.last_round
+        waiting = _required_ids(run) if run.status == "requires_action" else frozenset()
+        for past in entry.rounds:
+            if past.call_ids == waiting:
+                continue
+            if not past.accepted and run.status not in _NOT_PROOF_OF_ACCEPTANCE:
+                # The run went past this round, so the server took it: the process that sent
+                # it stopped before it could say so.
+                await self.ledger.round_accepted(run.id, past.round)
+            m.submitted_rounds.add(past.call_ids)
+            self.records.extend(
+                _record_from(entry.calls[cid])
+                for cid in sorted(past.call_ids)
+                if cid in entry.calls and entry.calls[cid].finished
+            )
+
     async def _round(self) -> None:
         """One ``requires_action`` round: guards, tools, one submission, the next stream."""
         m = self.m
@@ -230,12 +261,22 @@ class Driver:
         calls = list(run.required_action.submit_tool_outputs.tool_calls)
         call_ids = frozenset(c.id for c in calls)
 
-        if call_ids in self.outputs:
+        await self.ledger.record_run(run.id, run.thread_id, run.status, self.machine_name)
+        entry = await self.ledger.load(run.id)
+        assert entry is not None
+        sent = entry.round_for(call_ids)
+        if sent is not None and (sent.accepted or sent.round in self.sent_here):
             # The same calls again after their round was accepted: never run them again.
-            await self._same_round_again(run, call_ids)
+            await self._same_round_again(run, sent, entry)
+            return
+        if sent is not None:
+            # Sent by a process that stopped before it learned the outcome. The server presents
+            # the round again, so it never took it: send the recorded outputs, running nothing.
+            self.records.extend(_record_from(entry.calls[c.id]) for c in calls)
+            await self._submit(run, sent.round, call_ids, _recorded_outputs(entry, calls))
             return
 
-        self.rounds += 1
+        self.rounds = max(self.rounds, entry.last_round) + 1
         signature = Counter((c.function.name, _canonical(c.function.arguments)) for c in calls)
         self.identical = self.identical + 1 if signature == self.last_signature else 1
         self.last_signature = signature
@@ -256,12 +297,12 @@ class Driver:
                 "the run was cancelled",
             )
 
-        outputs = await self._run_tools(run, calls, self.rounds)
-        self.outputs[call_ids] = outputs
-        await self._submit(run, call_ids, outputs)
+        outputs = await self._run_tools(run, calls, self.rounds, entry)
+        await self._submit(run, self.rounds, call_ids, outputs)
 
-    async def _same_round_again(self, run: Run, call_ids: frozenset[str]) -> None:
+    async def _same_round_again(self, run: Run, sent: RoundEntry, entry: RunEntry) -> None:
         """The server presents a round whose outputs were already submitted."""
+        call_ids = sent.call_ids
         confirmed, _ = await self._retrieve(run.thread_id, run.id)
         if confirmed.status != "requires_action" or _required_ids(confirmed) != call_ids:
             await self.m.observe_status(confirmed)
@@ -274,22 +315,33 @@ class Driver:
             )
         self.resubmitted[call_ids] += 1
         self.m.submitted_rounds.discard(call_ids)
-        await self._submit(run, call_ids, self.outputs[call_ids])
+        calls = list(confirmed.required_action.submit_tool_outputs.tool_calls)  # type: ignore[union-attr]
+        await self._submit(run, sent.round, call_ids, _recorded_outputs(entry, calls))
 
     # ----------------------------------------------------------------------------------------
     # Tools
     # ----------------------------------------------------------------------------------------
 
-    async def _run_tools(self, run: Run, calls: list[Any], round_no: int) -> dict[str, str]:
+    async def _run_tools(
+        self, run: Run, calls: list[Any], round_no: int, entry: RunEntry
+    ) -> dict[str, str]:
         results: dict[str, ToolCallRecord] = {}
         deadline = self._round_deadline(run)
+        ledger = self.ledger
 
         async def one(call: Any) -> None:
             name = call.function.name
             arguments = call.function.arguments
             spec = self.tools.get(name)
             started: float | None = None
+            known = entry.calls.get(call.id)
+            if known is not None and known.finished:
+                # Recorded by an earlier process: never run again.
+                results[call.id] = _record_from(known)
+                return
             try:
+                if known is not None and spec is not None and not spec.idempotent:
+                    raise ToolError("interrupted", interrupted_message(name))
                 if spec is None:
                     raise ToolError(
                         "unknown_tool",
@@ -298,6 +350,7 @@ class Driver:
                 kwargs = spec.parse_arguments(arguments)
                 func = spec.bind(self.m)
                 async with self.limiter:
+                    await ledger.call_started(run.id, call.id, round_no, name, arguments)
                     started = time.monotonic()
                     with anyio.fail_after(spec.timeout) if spec.timeout else _nothing():
                         if spec.is_async:
@@ -306,23 +359,20 @@ class Driver:
                             value = await anyio.to_thread.run_sync(
                                 lambda: func(**kwargs), abandon_on_cancel=True
                             )
+                output = encode_output(value)
+                finished = time.monotonic()
+                await ledger.call_finished(run.id, call.id, round_no, name, arguments, output, None)
                 results[call.id] = ToolCallRecord(
-                    call.id,
-                    name,
-                    arguments,
-                    encode_output(value),
-                    None,
-                    round_no,
-                    started,
-                    time.monotonic(),
+                    call.id, name, arguments, output, None, round_no, started, finished
                 )
             except ToolError as exc:
                 await self._tool_failed(
-                    call, exc.kind, exc.message, exc, round_no, started, results
+                    run, call, exc.kind, exc.message, exc, round_no, started, results
                 )
             except TimeoutError as exc:
                 timeout = spec.timeout if spec else None
                 await self._tool_failed(
+                    run,
                     call,
                     "timeout",
                     f"tool {name!r} did not finish within {timeout} s",
@@ -333,6 +383,7 @@ class Driver:
                 )
             except Exception as exc:
                 await self._tool_failed(
+                    run,
                     call,
                     "tool_raised",
                     f"tool {name!r} raised {type(exc).__name__}: {exc}",
@@ -374,6 +425,7 @@ class Driver:
                     now,
                 )
                 results[call.id] = record
+                await self._finished(run, record)
                 await self._maybe_fail_run(record, TimeoutError(message))
         ordered = [results[c.id] for c in calls]
         self.records.extend(ordered)
@@ -381,6 +433,7 @@ class Driver:
 
     async def _tool_failed(
         self,
+        run: Run,
         call: Any,
         kind: str,
         message: str,
@@ -400,7 +453,19 @@ class Driver:
             time.monotonic(),
         )
         results[call.id] = record
+        await self._finished(run, record)
         await self._maybe_fail_run(record, exc)
+
+    async def _finished(self, run: Run, record: ToolCallRecord) -> None:
+        await self.ledger.call_finished(
+            run.id,
+            record.id,
+            record.round,
+            record.name,
+            record.arguments,
+            record.output,
+            record.error,
+        )
 
     async def _maybe_fail_run(self, record: ToolCallRecord, exc: BaseException) -> None:
         decision: Any = self.m.on_tool_error(record, exc)
@@ -423,8 +488,23 @@ class Driver:
     # Submission
     # ----------------------------------------------------------------------------------------
 
-    async def _submit(self, run: Run, call_ids: frozenset[str], outputs: dict[str, str]) -> None:
+    async def _submit(
+        self, run: Run, round_no: int, call_ids: frozenset[str], outputs: dict[str, str]
+    ) -> None:
         m = self.m
+        ledger = self.ledger
+        await ledger.round_submitted(run.id, round_no, call_ids)
+        self.sent_here.add(round_no)
+
+        async def accepted() -> None:
+            await ledger.round_accepted(run.id, round_no)
+
+        async def moved_on(confirmed: Run) -> None:
+            # The run is past this round: the server took it, unless it ended for other reasons.
+            if confirmed.status not in _NOT_PROOF_OF_ACCEPTANCE:
+                await accepted()
+            await m.observe_status(confirmed)
+
         tool_outputs = [{"tool_call_id": cid, "output": out} for cid, out in outputs.items()]
         runs = self._no_retry.beta.threads.runs
         delay = 0.25
@@ -442,7 +522,7 @@ class Driver:
                                 stream=True,
                             )
 
-                    await self._read_stream(opener)
+                    await self._read_stream(opener, accepted)
                 else:
                     with _sdk_call():
                         request = runs.submit_tool_outputs(
@@ -450,14 +530,16 @@ class Driver:
                             thread_id=run.thread_id,
                             tool_outputs=tool_outputs,  # type: ignore[arg-type]
                         )
-                    await m.observe_status(await request)
+                    taken = await request
+                    await accepted()
+                    await m.observe_status(taken)
                 return
             except openai.BadRequestError:
                 # Refused: most often the run moved on meanwhile (expired, cancelled, failed).
                 confirmed, _ = await self._retrieve(run.thread_id, run.id)
                 if confirmed.status == "requires_action" and _required_ids(confirmed) == call_ids:
                     raise
-                await m.observe_status(confirmed)
+                await moved_on(confirmed)
                 return
             except (
                 openai.APIConnectionError,
@@ -468,6 +550,7 @@ class Driver:
                 retry_after = _retry_after(exc)
             if m.state != lifecycle.SUBMITTING:
                 # Events of the new stream arrived before it broke: the round was accepted.
+                await accepted()
                 self.lost_content = True
                 return
             confirmed, _ = await self._retrieve(run.thread_id, run.id)
@@ -480,7 +563,7 @@ class Driver:
                 delay = min(delay * 2, 8.0)
                 continue
             self.lost_content = True
-            await m.observe_status(confirmed)
+            await moved_on(confirmed)
             return
         await self._abort(
             RunAborted,
@@ -492,15 +575,20 @@ class Driver:
     # Streams
     # ----------------------------------------------------------------------------------------
 
-    async def _read_stream(self, opener: Callable[[], Any]) -> None:
+    async def _read_stream(
+        self, opener: Callable[[], Any], opened: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         """Read one stream to its end, feeding the machine. Raises ``_Lost`` if it ends before a
-        terminal or ``requires_action`` event; HTTP errors before the first byte propagate."""
+        terminal or ``requires_action`` event; HTTP errors before the first byte propagate.
+        ``opened`` is awaited once the server has answered 2xx, before the first event."""
         m = self.m
         parser = SSEParser()
         feed = m.feed
         sink = self.sink
         try:
             async with opener() as response:
+                if opened is not None:
+                    await opened()
                 async for chunk in response.http_response.aiter_bytes():
                     for name, data in parser.feed(chunk):
                         event = build_event(name, data)
@@ -616,6 +704,31 @@ class Driver:
             except openai.APIError:
                 # Already finished, or unreachable: nothing more can be done from here.
                 return
+
+
+#: Statuses a run can reach without ever taking a pending submission.
+_NOT_PROOF_OF_ACCEPTANCE = frozenset({"expired", "cancelled", "cancelling", "failed"})
+
+
+def _record_from(call: CallEntry) -> ToolCallRecord:
+    """A call's record rebuilt from the ledger (its tool did not run in this process)."""
+    assert call.output is not None
+    return ToolCallRecord(
+        call.call_id, call.name, call.arguments, call.output, call.error, call.round, None, None
+    )
+
+
+def _recorded_outputs(entry: RunEntry, calls: Iterable[Any]) -> dict[str, str]:
+    outputs: dict[str, str] = {}
+    for c in calls:
+        known = entry.calls.get(c.id)
+        if known is None or known.output is None:
+            raise RunMachineError(
+                f"the ledger {entry.run_id!r} has no recorded output for call {c.id} of a round it "
+                "says was submitted; the ledger is inconsistent"
+            )
+        outputs[c.id] = known.output
+    return outputs
 
 
 def _required_ids(run: Run) -> frozenset[str]:

@@ -40,6 +40,7 @@ from openai.types.beta.threads.runs import RunStep, RunStepDelta, ToolCall, Tool
 from runmachine import lifecycle
 from runmachine._fsm import AnyioMachine
 from runmachine.errors import DuplicateSubmission, HookError, ProtocolViolation
+from runmachine.ledger import Ledger, MemoryLedger
 
 if TYPE_CHECKING:
     from transitions.core import EventData
@@ -153,16 +154,20 @@ class RunMachine:
         client: openai.AsyncOpenAI | None = None,
         *,
         tools: Iterable[Any] = (),
+        ledger: Ledger | None = None,
         **options: Any,
     ) -> None:
         """``client``: an ``AsyncOpenAI`` or ``AsyncAzureOpenAI`` (needed to drive runs; not to
-        feed events). ``tools``: extra tools, ``@tool`` functions or plain ones. ``options``: the
-        fields of ``runmachine.driver.DriverOptions`` (``tool_concurrency``, ``deadline_margin``,
-        ``max_rounds``, ``max_identical_rounds``, ``stream``, ``poll_interval``, ...)."""
+        feed events). ``tools``: extra tools, ``@tool`` functions or plain ones. ``ledger``:
+        where tool calls and submissions are recorded (``runmachine.ledger``); by default a
+        ``MemoryLedger`` of this machine, ``SQLiteLedger(path)`` to survive restarts.
+        ``options``: the fields of ``runmachine.driver.DriverOptions`` (``tool_concurrency``,
+        ``deadline_margin``, ``max_rounds``, ``max_identical_rounds``, ``stream``, ...)."""
         from runmachine.driver import DriverOptions
         from runmachine.tools import as_spec
 
         self.client = client
+        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
         try:
             self.options = DriverOptions(**options)
         except TypeError as exc:
@@ -320,8 +325,12 @@ class RunMachine:
         """Create a thread and a run at once (``threads.create_and_run``) and drive it."""
         return await self._drive(lambda d: d.create_thread_and_run(assistant_id, params))
 
-    async def resume(self, *, thread_id: str, run_id: str) -> RunResult:
-        """Pick up a run that is already on the server and drive it from its current status."""
+    async def resume(self, *, run_id: str, thread_id: str | None = None) -> RunResult:
+        """Pick up a run that is already on the server and drive it from its current status.
+
+        With a ledger that knows the run (``SQLiteLedger`` after a restart), ``thread_id`` may be
+        left out, recorded outputs are submitted without running their tools again, and a round
+        the server already took is never submitted again."""
         return await self._drive(lambda d: d.resume(thread_id, run_id))
 
     @asynccontextmanager

@@ -86,6 +86,10 @@ def _int_map(value: Mapping[int, int] | None) -> Mapping[int, int]:
     return dict(value or {})
 
 
+def _fault_tuple(value: Iterable[HTTPFault]) -> tuple[HTTPFault, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class Faults:
     """Faults injected into one run. Stream indices: 0 is the stream that created the run, n is
@@ -93,13 +97,16 @@ class Faults:
     that stream (``thread.created`` and the run events too)."""
 
     drop_after: Mapping[int, int] = attrs.field(factory=dict, converter=_int_map)
-    http_errors: Sequence[HTTPFault] = attrs.field(factory=tuple, converter=tuple)
+    http_errors: Sequence[HTTPFault] = attrs.field(factory=tuple, converter=_fault_tuple)
     error_event: Mapping[int, int] = attrs.field(factory=dict, converter=_int_map)
     error_shape: Literal["bare", "wrapped"] | None = None
     unknown_event: Mapping[int, int] = attrs.field(factory=dict, converter=_int_map)
     malformed_data: Mapping[int, int] = attrs.field(factory=dict, converter=_int_map)
     delta_delay: float | None = None
     lose_submit_response: frozenset[int] = attrs.field(factory=frozenset, converter=frozenset)
+    submit_response_delay: float | None = None
+    """Seconds between taking a submission and answering it: a window in which the client can
+    die after the server took its outputs."""
 
 
 ToolCallSpec = tuple[str, str]  # (name, arguments as a JSON string)

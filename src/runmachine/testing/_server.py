@@ -25,6 +25,8 @@ What the SDK (openai 3.54, httpx2) sees for each fault, probed against this serv
   which now hits a run that is no longer ``requires_action`` and gets the 400
   ``Runs in status "..." do not accept tool outputs.`` (a ``BadRequestError``). Streamed: the
   stream opens and the first read raises as for ``drop_after``.
+* ``submit_response_delay`` - the submission is taken (the run moves on) and the answer waits:
+  a client that dies meanwhile never learns that its outputs were accepted.
 * ``http_errors`` - an error envelope with the chosen status; the SDK retries 408/409/429/5xx
   (``max_retries``, honouring ``retry-after`` up to 60 s) and raises the matching
   ``APIStatusError`` subclass when the attempts run out.
@@ -1168,9 +1170,13 @@ class Emulator:
             run.data.update(status="queued", required_action=None)
             events = [("thread.run.step.completed", step), ("thread.run.queued", run.data)]
             lost = number in run.faults.lose_submit_response
-            return self._launch(
+            delay = run.faults.submit_response_delay
+            response = self._launch(
                 run, events, bool(body.get("stream")), index=run.accepted, lost=lost
             )
+        if delay:
+            await asyncio.sleep(delay)
+        return response
 
     def _validate_submission(self, run: _Run, body: JSON) -> Response | None:
         if run.status != "requires_action":

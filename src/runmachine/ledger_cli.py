@@ -1,0 +1,197 @@
+"""``runmachine runs`` and ``runmachine resume``: the ledger from the command line.
+
+``runmachine runs --ledger runs.db`` lists the runs a ledger file knows, with their status, rounds
+and calls. ``runmachine resume --ledger runs.db RUN_ID module:Class`` builds ``Class(client,
+ledger=SQLiteLedger(...))`` and resumes the run after a restart: recorded outputs are submitted
+without running their tools again, and a round the server already took is not submitted again.
+
+Exit status: 0 the run completed; 1 it ended otherwise, or a guard stopped it; 2 bad options or an
+unusable ledger; 3 the server could not be reached or refused a request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import openai
+
+    from runmachine.ledger import RunEntry
+    from runmachine.machine import RunMachine
+
+EXIT_OK, EXIT_NOT_COMPLETED, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
+
+
+def load_machine_class(target: str) -> type[RunMachine]:
+    """``module:Class`` to the class; the current directory is searched like ``python -m``."""
+    from runmachine.machine import RunMachine
+
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"expected module:Class, got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        found: object = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load {target}: {exc}") from exc
+    if not (isinstance(found, type) and issubclass(found, RunMachine)):
+        raise ValueError(f"{target} is not a RunMachine class")
+    return found
+
+
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("the server (default: the SDK's OPENAI_* variables)")
+    group.add_argument("--base-url", help="an OpenAI-compatible API (default: OPENAI_BASE_URL)")
+    group.add_argument("--api-key", help="default: OPENAI_API_KEY (AZURE_OPENAI_API_KEY for Azure)")
+    group.add_argument("--azure-endpoint", help="use AsyncAzureOpenAI with this endpoint")
+    group.add_argument("--api-version", help="Azure API version (default: OPENAI_API_VERSION)")
+
+
+def client_from(args: argparse.Namespace) -> openai.AsyncOpenAI:
+    import openai
+
+    if args.azure_endpoint:
+        return openai.AsyncAzureOpenAI(
+            azure_endpoint=args.azure_endpoint, api_version=args.api_version, api_key=args.api_key
+        )
+    return openai.AsyncOpenAI(base_url=args.base_url, api_key=args.api_key)
+
+
+def add_arguments(sub: Any) -> None:
+    runs = sub.add_parser("runs", help="list the runs a ledger file knows")
+    runs.add_argument("--ledger", required=True, metavar="FILE", help="a SQLiteLedger file")
+    runs.add_argument("--json", action="store_true", help="one JSON object per line")
+    runs.set_defaults(func=cmd_runs)
+
+    resume = sub.add_parser(
+        "resume",
+        help="resume a run recorded in a ledger, after a restart",
+        description="Resume a run recorded in a ledger: recorded outputs are submitted without "
+        "running their tools again, and a round the server already took is not submitted again.",
+        epilog="exit status: 0 the run completed; 1 it ended otherwise, or a guard stopped it; "
+        "2 bad options or an unusable ledger; 3 the server could not be reached or refused a "
+        "request.",
+    )
+    resume.add_argument("--ledger", required=True, metavar="FILE", help="a SQLiteLedger file")
+    resume.add_argument("run_id", metavar="RUN_ID")
+    resume.add_argument("target", metavar="module:Class", help="the RunMachine subclass")
+    resume.add_argument("--thread-id", help="default: the thread the ledger recorded")
+    add_client_arguments(resume)
+    resume.set_defaults(func=cmd_resume)
+
+
+def _open_ledger(path: str) -> Any:
+    from runmachine.sqlite_ledger import SQLiteLedger
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no ledger file {path!r}")
+    return SQLiteLedger(path)
+
+
+def describe(entry: RunEntry) -> dict[str, Any]:
+    calls = list(entry.calls.values())
+    return {
+        "run_id": entry.run_id,
+        "thread_id": entry.thread_id,
+        "status": entry.status,
+        "machine": entry.machine,
+        "rounds": len(entry.rounds),
+        "rounds_accepted": sum(r.accepted for r in entry.rounds),
+        "calls": len(calls),
+        "calls_finished": sum(c.finished for c in calls),
+        "calls_failed": sum(c.error is not None for c in calls),
+        "updated_at": entry.updated_at,
+    }
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    import anyio
+
+    from runmachine.ledger import LedgerError
+
+    try:
+        ledger = _open_ledger(args.ledger)
+    except (LedgerError, FileNotFoundError) as exc:
+        print(f"runmachine runs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        entries = anyio.run(ledger.runs)
+    finally:
+        ledger.close()
+    rows = [describe(e) for e in entries]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return EXIT_OK
+    if not rows:
+        print(f"no runs in {args.ledger}")
+        return EXIT_OK
+    header = ("RUN", "STATUS", "ROUNDS", "CALLS", "MACHINE", "UPDATED")
+    table = [header] + [
+        (
+            r["run_id"],
+            r["status"],
+            f"{r['rounds_accepted']}/{r['rounds']} accepted",
+            f"{r['calls_finished']}/{r['calls']} done"
+            + (f", {r['calls_failed']} failed" if r["calls_failed"] else ""),
+            r["machine"],
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["updated_at"])),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    import anyio
+    import openai
+
+    from runmachine.errors import RunAborted, RunMachineError
+    from runmachine.ledger import LedgerError
+
+    try:
+        cls = load_machine_class(args.target)
+        ledger = _open_ledger(args.ledger)
+    except (ValueError, LedgerError, FileNotFoundError) as exc:
+        print(f"runmachine resume: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def main() -> int:
+        async with client_from(args) as client:
+            machine = cls(client, ledger=ledger)
+            result = await machine.resume(run_id=args.run_id, thread_id=args.thread_id)
+        errors = sum(c.error is not None for c in result.tool_calls)
+        print(
+            f"run {result.run_id}: {result.status} after {result.rounds} round(s), "
+            f"{len(result.tool_calls)} tool call(s)"
+            + (f", {errors} with an error output" if errors else "")
+        )
+        if result.text:
+            print(result.text)
+        return EXIT_OK if result.status == "completed" else EXIT_NOT_COMPLETED
+
+    try:
+        return anyio.run(main)
+    except RunAborted as exc:
+        print(f"runmachine resume: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_NOT_COMPLETED
+    except (openai.APIConnectionError, openai.APIStatusError) as exc:
+        print(f"runmachine resume: the server failed: {exc}", file=sys.stderr)
+        return EXIT_SERVER
+    except (RunMachineError, openai.OpenAIError) as exc:
+        print(f"runmachine resume: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        ledger.close()
