@@ -180,6 +180,8 @@ class Driver:
                     f"{self.ledger!r} has no record of that run"
                 )
             run, _ = await self._retrieve(thread, run_id)
+            # Whatever the run said before now was not seen here: re-read it at the end.
+            self.lost_content = True
             if entry is not None:
                 await self._take_over(entry, run)
             await self.m.adopt(run)
@@ -276,7 +278,9 @@ class Driver:
             await self._submit(run, sent.round, call_ids, _recorded_outputs(entry, calls))
             return
 
-        self.rounds = max(self.rounds, entry.last_round) + 1
+        # Calls recorded before a restart keep their round's number.
+        recorded = [entry.calls[c.id].round for c in calls if c.id in entry.calls]
+        self.rounds = recorded[0] if recorded else max(self.rounds, entry.last_round) + 1
         signature = Counter((c.function.name, _canonical(c.function.arguments)) for c in calls)
         self.identical = self.identical + 1 if signature == self.last_signature else 1
         self.last_signature = signature
@@ -673,20 +677,32 @@ class Driver:
         raise kind(message, self.result())
 
     async def _guarded(self, work: Awaitable[None]) -> RunResult:
-        """Run ``work``; whatever ends it early, cancel the server run before propagating."""
+        """Run ``work``; whatever ends it early, cancel the server run before propagating. The
+        ledger gets the run's last status either way."""
         try:
             await work
         except RunAborted:
+            with anyio.CancelScope(shield=True), suppress(Exception):
+                await self._record_status()
             raise
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self._cancel_server_run()
+                # The ledger's own failure must not mask the run's.
+                with suppress(Exception):
+                    await self._record_status()
             if isinstance(exc, DuplicateSubmission) and exc.result is None:
                 exc.result = self.result()
             raise
         finally:
             self.m.detach()
+        await self._record_status()
         return self.result()
+
+    async def _record_status(self) -> None:
+        m = self.m
+        if m.run_id is not None and m.thread_id is not None:
+            await self.ledger.record_run(m.run_id, m.thread_id, m.state, self.machine_name)
 
     async def _cancel_server_run(self) -> None:
         m = self.m
