@@ -330,6 +330,7 @@ class Driver:
         self, run: Run, calls: list[Any], round_no: int, entry: RunEntry
     ) -> dict[str, str]:
         results: dict[str, ToolCallRecord] = {}
+        starts: dict[str, float] = {}
         deadline = self._round_deadline(run)
         ledger = self.ledger
 
@@ -355,7 +356,7 @@ class Driver:
                 func = spec.bind(self.m)
                 async with self.limiter:
                     await ledger.call_started(run.id, call.id, round_no, name, arguments)
-                    started = time.monotonic()
+                    started = starts[call.id] = time.monotonic()
                     with anyio.fail_after(spec.timeout) if spec.timeout else _nothing():
                         if spec.is_async:
                             value = await func(**kwargs)
@@ -425,7 +426,7 @@ class Driver:
                     error_output("deadline", message, call.function.name),
                     message,
                     round_no,
-                    None,
+                    starts.get(call.id),
                     now,
                 )
                 results[call.id] = record

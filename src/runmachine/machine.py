@@ -16,6 +16,7 @@ the server feeds it (``runmachine.driver``).
 from __future__ import annotations
 
 import inspect
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -41,6 +42,9 @@ from runmachine import lifecycle
 from runmachine._fsm import AnyioMachine
 from runmachine.errors import DuplicateSubmission, HookError, ProtocolViolation
 from runmachine.ledger import Ledger, MemoryLedger
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
     from transitions.core import EventData
@@ -357,13 +361,21 @@ class RunMachine:
                     lambda d: d.create_run(thread_id, assistant_id, params), sink=send.send
                 )
 
-        async with anyio.create_task_group() as tg, receive:
-            tg.start_soon(produce)
-            try:
-                yield events
-            finally:
-                if events.result is None:
-                    tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg, receive:
+                tg.start_soon(produce)
+                try:
+                    yield events
+                finally:
+                    if events.result is None:
+                        tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # One failure (a guard's error, the caller's own exception): raise it as itself, so
+            # ``except RequiresActionLoop`` around the block works.
+            if len(group.exceptions) != 1:
+                raise
+            inner = group.exceptions[0]
+            raise inner from inner.__cause__
 
     def detach(self) -> None:
         """Release this machine's slot in its class's ``transitions`` machine (done at the end)."""

@@ -242,6 +242,8 @@ async def test_slow_tool_near_expiry_does_not_expire_the_run(
     assert result.status == "completed"
     stuck = result.tool_calls[0]
     assert json.loads(stuck.output)["error"]["type"] == "deadline"
+    # It did run, until the deadline cut it: its duration is known.
+    assert stuck.duration is not None and stuck.duration > 0
     assert result.tool_calls[1].output == "0.25"
     assert_one_submission_per_round(emulator, result)
 
@@ -516,6 +518,35 @@ async def test_stream_yields_sdk_events_across_handoffs(
     assert names.count("thread.run.requires_action") == 1
     assert names[-1] == "thread.run.completed"
     assert "thread.run.step.completed" in names[names.index("thread.run.requires_action") :]
+
+
+async def test_stream_raises_a_guard_error_as_itself(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
+    emulator.enqueue(Scenario().loop([("get_rain", {"city": "x"})]))
+    thread_id, assistant_id = await thread_and_assistant(Weather)
+    with pytest.raises(RequiresActionLoop) as info:
+        async with Weather(openai_client, max_identical_rounds=2).stream(
+            thread_id=thread_id, assistant_id=assistant_id
+        ) as events:
+            async for _ in events:
+                pass
+    assert info.value.result is not None
+    assert emulator.run_stats(info.value.result.run.id).status == "cancelled"
+
+
+async def test_stream_lets_the_callers_own_exception_through(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
+    emulator.enqueue(Scenario().tool_round([("get_rain", {"city": "x"})]).reply("never read"))
+    thread_id, assistant_id = await thread_and_assistant(Weather)
+    with pytest.raises(KeyError, match="stop here"):
+        async with Weather(openai_client).stream(
+            thread_id=thread_id, assistant_id=assistant_id
+        ) as events:
+            async for event in events:
+                if event.event == "thread.run.requires_action":
+                    raise KeyError("stop here")
 
 
 async def test_tools_without_subclassing(
