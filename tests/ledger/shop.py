@@ -127,7 +127,7 @@ async def main(ledger_path: str, point: str) -> None:
             tools=Shop.tool_definitions(),  # type: ignore[arg-type]
         )
         thread = await client.beta.threads.create(
-            messages=[{"role": "user", "content": "charge 5 and look up sku-1"}]
+            messages=[{"role": "user", "content": "call charge and lookup"}]
         )
         machine = Shop(client, ledger=SQLiteLedger(ledger_path))
         result = await machine.run(thread_id=thread.id, assistant_id=assistant.id)
