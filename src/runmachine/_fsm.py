@@ -38,7 +38,7 @@ class _State(AsyncState):
     async def enter(self, event_data: Any) -> None:  # type: ignore[override]
         record = getattr(event_data.model, "_record", None)
         if record is not None:
-            record(event_data)
+            await record(event_data)
         await super().enter(event_data)
 
 

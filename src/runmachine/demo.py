@@ -421,9 +421,7 @@ class DemoMachine(RunMachine):
         self._errors_seen = 0
 
     # Every transition, reported by the state machine before the on_enter hooks run.
-    def _record(self, event_data: Any) -> None:
-        super()._record(event_data)
-        record = self.history[-1]
+    def on_transition(self, record: TransitionRecord) -> None:
         narrator = self.narrator
         if len(self.stream_errors) > self._errors_seen:
             self._errors_seen = len(self.stream_errors)

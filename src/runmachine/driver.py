@@ -40,6 +40,7 @@ from runmachine import lifecycle
 from runmachine._sse import SSEParser, StreamError, build_event
 from runmachine.errors import (
     DuplicateSubmission,
+    HookError,
     RequiresActionLoop,
     RunAborted,
     RunMachineError,
@@ -120,6 +121,7 @@ class Driver:
         self.error: str | None = None
         self.limiter = anyio.CapacityLimiter(self.options.tool_concurrency)
         self.failing: ToolCallRecord | None = None
+        self.hook_failed: HookError | None = None
         self.round_scope: anyio.CancelScope | None = None
 
     # ----------------------------------------------------------------------------------------
@@ -335,6 +337,16 @@ class Driver:
         ledger = self.ledger
 
         async def one(call: Any) -> None:
+            try:
+                await attempt(call)
+            except HookError as exc:
+                # A hook's failure stops the round (no exception group); raised after it.
+                if self.hook_failed is None:
+                    self.hook_failed = exc
+                assert self.round_scope is not None
+                self.round_scope.cancel()
+
+        async def attempt(call: Any) -> None:
             name = call.function.name
             arguments = call.function.arguments
             spec = self.tools.get(name)
@@ -343,6 +355,7 @@ class Driver:
             if known is not None and known.finished:
                 # Recorded by an earlier process: never run again.
                 results[call.id] = _record_from(known)
+                await self._tool_hook("on_tool_finished", results[call.id])
                 return
             try:
                 if known is not None and spec is not None and not spec.idempotent:
@@ -355,6 +368,7 @@ class Driver:
                 kwargs = spec.parse_arguments(arguments)
                 func = spec.bind(self.m)
                 async with self.limiter:
+                    await self._tool_hook("on_tool_started", call)
                     await ledger.call_started(run.id, call.id, round_no, name, arguments)
                     started = starts[call.id] = time.monotonic()
                     with anyio.fail_after(spec.timeout) if spec.timeout else _nothing():
@@ -370,6 +384,9 @@ class Driver:
                 results[call.id] = ToolCallRecord(
                     call.id, name, arguments, output, None, round_no, started, finished
                 )
+                await self._tool_hook("on_tool_finished", results[call.id])
+            except HookError:
+                raise
             except ToolError as exc:
                 await self._tool_failed(
                     run, call, exc.kind, exc.message, exc, round_no, started, results
@@ -403,6 +420,8 @@ class Driver:
                 for call in calls:
                     tg.start_soon(one, call)
         self.round_scope = None
+        if self.hook_failed is not None:
+            raise self.hook_failed
         if self.failing is not None:
             record = self.failing
             self.records.extend(r for r in results.values() if r is not record)
@@ -461,6 +480,10 @@ class Driver:
         await self._finished(run, record)
         await self._maybe_fail_run(record, exc)
 
+    async def _tool_hook(self, name: str, arg: Any) -> None:
+        if name in self.m._overridden:
+            await self.m._hook(name, arg)
+
     async def _finished(self, run: Run, record: ToolCallRecord) -> None:
         await self.ledger.call_finished(
             run.id,
@@ -471,6 +494,7 @@ class Driver:
             record.output,
             record.error,
         )
+        await self._tool_hook("on_tool_finished", record)
 
     async def _maybe_fail_run(self, record: ToolCallRecord, exc: BaseException) -> None:
         decision: Any = self.m.on_tool_error(record, exc)

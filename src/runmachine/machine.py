@@ -31,6 +31,7 @@ from openai.types.beta.threads import (
     ImageFile,
     Message,
     MessageDelta,
+    RequiredActionFunctionToolCall,
     Run,
     Text,
     TextContentBlock,
@@ -83,6 +84,7 @@ class ToleratedEvent:
 STATE_HOOK_NAMES: tuple[str, ...] = tuple(
     f"on_{edge}_{state}" for state in lifecycle.STATES for edge in ("enter", "exit")
 )
+DRIVER_HOOK_NAMES: tuple[str, ...] = ("on_transition", "on_tool_started", "on_tool_finished")
 EVENT_HOOK_NAMES: tuple[str, ...] = (
     "on_event",
     "on_run_step_created",
@@ -216,7 +218,7 @@ class RunMachine:
     def _build_class_machine(cls) -> None:
         cls._overridden = frozenset(
             name
-            for name in (*STATE_HOOK_NAMES, *EVENT_HOOK_NAMES)
+            for name in (*STATE_HOOK_NAMES, *EVENT_HOOK_NAMES, *DRIVER_HOOK_NAMES)
             if getattr(cls, name, None) is not getattr(RunMachine, name, None)
         )
         states = list(lifecycle.STATES)
@@ -300,6 +302,19 @@ class RunMachine:
     def on_tool_error(self, tool_call: ToolCallRecord, error: BaseException) -> bool | None:
         """Called when a tool call gets an error output. Return True to fail the whole run
         instead: the driver cancels the server run and raises ``ToolFailed``."""
+        return None
+
+    def on_transition(self, record: TransitionRecord) -> Awaitable[None] | None:
+        """Called after every state change, before the new state's ``on_enter`` hook."""
+        return None
+
+    def on_tool_started(self, tool_call: RequiredActionFunctionToolCall) -> Awaitable[None] | None:
+        """Called as a tool starts on a required call (inside the concurrency limit)."""
+        return None
+
+    def on_tool_finished(self, record: ToolCallRecord) -> Awaitable[None] | None:
+        """Called when a call has its output: the tool's, an error output, or one recorded in
+        the ledger before a restart."""
         return None
 
     def _begin(self) -> None:
@@ -566,18 +581,26 @@ class RunMachine:
             return False
         return await self._trigger(lifecycle.CANCEL, self._current_run)
 
-    def _record(self, event_data: EventData) -> None:
+    async def _record(self, event_data: EventData) -> None:
         transition = event_data.transition
         assert transition is not None and transition.dest is not None
-        self.history.append(
-            TransitionRecord(
-                source=transition.source,
-                dest=str(transition.dest),
-                trigger=event_data.event.name,
-                run_id=self.run_id,
-                at=time.monotonic(),
-            )
+        record = TransitionRecord(
+            source=transition.source,
+            dest=str(transition.dest),
+            trigger=event_data.event.name,
+            run_id=self.run_id,
+            at=time.monotonic(),
         )
+        self.history.append(record)
+        if "on_transition" in self._overridden:
+            await self._hook("on_transition", record)
+
+    async def _hook(self, name: str, *args: Any) -> None:
+        """Call a non-state hook; its failure is a ``HookError`` naming it."""
+        try:
+            await _maybe_await(getattr(self, name)(*args))
+        except Exception as error:
+            raise HookError(name, self.state, self.run_id, error) from error
 
     # ----------------------------------------------------------------------------------------
     # Content events: the fast path

@@ -139,7 +139,7 @@ class SQLiteLedger:
             try:
                 # Another process may have created it meanwhile.
                 if db.execute("PRAGMA user_version").fetchone()[0] == 0:
-                    db.executescript(_SCHEMA.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
+                    _script(db, _SCHEMA)
                     db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 db.execute("COMMIT")
@@ -179,7 +179,7 @@ class SQLiteLedger:
                         f"ledger {self.path} has schema version {current}, which this runmachine "
                         "cannot migrate; the file was left untouched"
                     )
-                db.executescript(_MIGRATIONS[current])
+                _script(db, _MIGRATIONS[current])
                 current += 1
                 db.execute(f"PRAGMA user_version = {current}")
             db.execute("COMMIT")
@@ -294,6 +294,13 @@ class SQLiteLedger:
             return [e for e in (_load(db, i) for i in ids) if e is not None]
 
         return await self._read(everything)
+
+
+def _script(db: sqlite3.Connection, script: str) -> None:
+    """Run statements inside the open transaction (``executescript`` would commit it first)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
 
 
 def _load(db: sqlite3.Connection, run_id: str) -> RunEntry | None:

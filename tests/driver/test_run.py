@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from runmachine import (
+    HookError,
     RequiresActionLoop,
     RunMachine,
     ToolFailed,
@@ -547,6 +548,60 @@ async def test_stream_lets_the_callers_own_exception_through(
             async for event in events:
                 if event.event == "thread.run.requires_action":
                     raise KeyError("stop here")
+
+
+async def test_transition_and_tool_hooks(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
+    seen: list[tuple[str, str]] = []
+
+    class Watched(Weather):
+        async def on_transition(self, record: Any) -> None:
+            seen.append(("transition", record.dest))
+
+        def on_tool_started(self, tool_call: Any) -> None:
+            seen.append(("started", tool_call.id))
+
+        async def on_tool_finished(self, record: Any) -> None:
+            seen.append(("finished", record.id))
+
+    emulator.enqueue(
+        Scenario()
+        .tool_round([("get_rain", {"city": "x"}), ("get_weather", {"city": "y"}), ("nope", {})])
+        .reply("ok")
+    )
+    thread_id, assistant_id = await thread_and_assistant(Watched)
+    result = await Watched(openai_client).run(thread_id=thread_id, assistant_id=assistant_id)
+    assert [d for kind, d in seen if kind == "transition"] == [t.dest for t in result.transitions]
+    ran = [c.id for c in result.tool_calls if c.name != "nope"]
+    for call_id in ran:
+        assert seen.index(("started", call_id)) < seen.index(("finished", call_id))
+    # Every call is reported finished, the unknown tool too (it never started), all of them
+    # while the run is in requires_action, before the submission.
+    finished = [d for kind, d in seen if kind == "finished"]
+    assert sorted(finished) == sorted(c.id for c in result.tool_calls)
+    assert [d for kind, d in seen if kind == "started"] == [
+        d for kind, d in seen if kind == "started" and d in ran
+    ]
+    submitting = seen.index(("transition", "submitting"))
+    assert all(seen.index(("finished", c)) < submitting for c in finished)
+
+
+async def test_a_failing_tool_hook_is_a_hook_error_and_cancels_the_run(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
+    class Broken(Weather):
+        def on_tool_finished(self, record: Any) -> None:
+            raise LookupError("no display")
+
+    emulator.enqueue(Scenario().tool_round([("get_rain", {"city": "x"})]).reply("never"))
+    thread_id, assistant_id = await thread_and_assistant(Broken)
+    machine = Broken(openai_client)
+    with pytest.raises(HookError, match="hook on_tool_finished raised LookupError: no display"):
+        await machine.run(thread_id=thread_id, assistant_id=assistant_id)
+    assert machine.run_id is not None
+    stats = emulator.run_stats(machine.run_id)
+    assert stats.status == "cancelled" and stats.submissions_received == 0
 
 
 async def test_tools_without_subclassing(
