@@ -1,0 +1,221 @@
+"""The client paths the benchmarks compare, each reading one replayed emulator stream.
+
+- ``floor``: the raw response bytes through the SDK's own HTTP layer, nothing parsed;
+- ``sdk_iter`` (a): iterating ``runs.create(stream=True)``;
+- ``sdk_handler`` (b): ``runs.stream()`` with a no-op ``AsyncAssistantEventHandler.on_text_delta``;
+- ``recipe``: the documented SDK recipe for tools, an ``AsyncAssistantEventHandler`` that on
+  ``thread.run.requires_action`` runs the tools one by one and calls
+  ``submit_tool_outputs_stream`` (OpenAI's function-calling guide);
+- ``runmachine`` (R): a ``RunMachine`` with a no-op ``on_text_delta`` hook and async tools.
+
+Handoff marks, the same on both sides: "arrived" is taken in the ``on_event`` hook (the SDK
+handler's and the ``RunMachine``'s), the first user code that sees the decoded
+``thread.run.requires_action`` event; "left" is taken by an httpx ``request`` event hook on the
+client's HTTP client when the ``submit_tool_outputs`` request is handed to the transport. Both
+the wall time and the CPU time of the thread (``time.thread_time``) between the two are kept:
+the CPU time does not count the moments the process was descheduled on a busy machine.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from typing import Any
+
+import anyio
+import httpx2
+import openai
+from openai.lib.streaming import AsyncAssistantEventHandler
+
+from runmachine import RunMachine, tool
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+THREAD = "thread_bench"
+ASSISTANT = "asst_bench"
+
+
+class Marks:
+    """Timestamps of the latest handoff (runs are measured one at a time)."""
+
+    def __init__(self) -> None:
+        self.arrived = 0.0
+        self.left = 0.0
+        self.arrived_cpu = 0.0
+        self.left_cpu = 0.0
+        self.tool_times: list[float] = []
+
+    def arrive(self) -> None:
+        self.arrived_cpu = time.thread_time()
+        self.arrived = time.perf_counter()
+
+    async def on_request(self, request: httpx2.Request) -> None:
+        if request.url.path.endswith("/submit_tool_outputs"):
+            self.left = time.perf_counter()
+            self.left_cpu = time.thread_time()
+
+
+MARKS = Marks()
+TOOL_SLEEP = [0.1]
+
+
+def make_client(port: int, *, unlimited: bool = False) -> openai.AsyncOpenAI:
+    limits = (
+        httpx2.Limits(max_connections=None, max_keepalive_connections=None) if unlimited else None
+    )
+    kwargs: dict[str, Any] = {"event_hooks": {"request": [MARKS.on_request]}, "timeout": 600}
+    if limits is not None:
+        kwargs["limits"] = limits
+    http_client = openai.DefaultAsyncHttpxClient(**kwargs)
+    return openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{port}/text/0/v1",
+        api_key="bench",
+        max_retries=0,
+        http_client=http_client,
+    )
+
+
+def scenario(client: openai.AsyncOpenAI, name: str, pace_ms: int = 0) -> openai.AsyncOpenAI:
+    port = client.base_url.port
+    return client.with_options(base_url=f"http://127.0.0.1:{port}/{name}/{pace_ms}/v1")
+
+
+# --- the tools -----------------------------------------------------------------------------
+
+
+async def echo(i: int = 0) -> str:
+    return "ok"
+
+
+async def nap(i: int = 0) -> str:
+    started = time.perf_counter()
+    await anyio.sleep(TOOL_SLEEP[0])
+    MARKS.tool_times.append(time.perf_counter() - started)
+    return "ok"
+
+
+RECIPE_TOOLS = {"echo": echo, "nap": nap}
+
+
+# --- paths ---------------------------------------------------------------------------------
+
+
+async def floor(client: openai.AsyncOpenAI) -> int:
+    runs = client.beta.threads.runs
+    n = 0
+    async with runs.with_streaming_response.create(
+        thread_id=THREAD, assistant_id=ASSISTANT, stream=True
+    ) as response:
+        async for chunk in response.http_response.aiter_bytes():
+            n += len(chunk)
+    return n
+
+
+async def sdk_iter(client: openai.AsyncOpenAI) -> int:
+    n = 0
+    stream = await client.beta.threads.runs.create(
+        thread_id=THREAD, assistant_id=ASSISTANT, stream=True
+    )
+    async with stream:
+        async for _event in stream:
+            n += 1
+    return n
+
+
+class NoopHandler(AsyncAssistantEventHandler):
+    async def on_text_delta(self, delta: Any, snapshot: Any) -> None:
+        return None
+
+
+async def sdk_handler(client: openai.AsyncOpenAI) -> int:
+    async with client.beta.threads.runs.stream(
+        thread_id=THREAD, assistant_id=ASSISTANT, event_handler=NoopHandler()
+    ) as stream:
+        await stream.until_done()
+        run = await stream.get_final_run()
+    assert run.status == "completed", run.status
+    return 1
+
+
+class Recipe(AsyncAssistantEventHandler):
+    """OpenAI's function-calling guide, async: tools one by one, then
+    ``submit_tool_outputs_stream`` from ``on_event``."""
+
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
+        super().__init__()
+        self.client = client
+        self.final_status: str | None = None
+
+    async def on_event(self, event: Any) -> None:
+        if event.event == "thread.run.requires_action":
+            MARKS.arrive()
+            await self.handle_requires_action(event.data)
+        elif event.event in ("thread.run.completed", "thread.run.failed"):
+            self.final_status = event.data.status
+
+    async def on_text_delta(self, delta: Any, snapshot: Any) -> None:
+        return None
+
+    async def handle_requires_action(self, run: Any) -> None:
+        tool_outputs = []
+        for call in run.required_action.submit_tool_outputs.tool_calls:
+            function = RECIPE_TOOLS[call.function.name]
+            output = await function(**json.loads(call.function.arguments))
+            tool_outputs.append({"tool_call_id": call.id, "output": output})
+        follow = Recipe(self.client)
+        async with self.client.beta.threads.runs.submit_tool_outputs_stream(
+            thread_id=run.thread_id,
+            run_id=run.id,
+            tool_outputs=tool_outputs,
+            event_handler=follow,
+        ) as stream:
+            await stream.until_done()
+        self.final_status = follow.final_status
+
+
+async def recipe(client: openai.AsyncOpenAI) -> int:
+    handler = Recipe(client)
+    async with client.beta.threads.runs.stream(
+        thread_id=THREAD, assistant_id=ASSISTANT, event_handler=handler
+    ) as stream:
+        await stream.until_done()
+    assert handler.final_status == "completed", handler.final_status
+    return 1
+
+
+class Bench(RunMachine):
+    """The runmachine side: a no-op ``on_text_delta``, the two tools, the handoff mark."""
+
+    @tool
+    async def echo(self, i: int = 0) -> str:
+        return "ok"
+
+    @tool
+    async def nap(self, i: int = 0) -> str:
+        return await nap(i)
+
+    async def on_event(self, event: Any) -> None:
+        if event.event == "thread.run.requires_action":
+            MARKS.arrive()
+
+    async def on_text_delta(self, delta: Any, snapshot: Any) -> None:
+        return None
+
+
+class BenchNoMark(Bench):
+    """As ``Bench`` without ``on_event`` (the throughput path: one hook, ``on_text_delta``)."""
+
+    on_event = RunMachine.on_event  # type: ignore[assignment]
+
+
+async def runmachine(client: openai.AsyncOpenAI, **options: Any) -> int:
+    result = await BenchNoMark(client, **options).run(thread_id=THREAD, assistant_id=ASSISTANT)
+    assert result.status == "completed", result.status
+    return 1
+
+
+async def runmachine_marked(client: openai.AsyncOpenAI, **options: Any) -> int:
+    result = await Bench(client, **options).run(thread_id=THREAD, assistant_id=ASSISTANT)
+    assert result.status == "completed", result.status
+    return 1

@@ -1,0 +1,183 @@
+"""A lean HTTP/1.1 server that replays recorded emulator streams, pre-rendered, byte for byte.
+
+Run as its own process (``python benchmarks/_replay.py RECORDING``): it prints its port on the
+first line of stdout and serves until its stdin closes. The benchmark clients point the SDK at
+``http://127.0.0.1:PORT/<scenario>/<pace_ms>/v1``:
+
+- ``POST .../runs`` (and ``.../threads/runs``) answer with segment 0 of the scenario, and
+  ``POST .../submit_tool_outputs`` with segment 1 (every benchmark scenario has at most one
+  tool round);
+- with ``pace_ms`` 0, each SSE event is written on its own and the server yields to its loop
+  between events, as a live server does; with ``pace_ms`` > 0, the ``thread.message.delta``
+  events go out one per tick of a single process-wide ticker, ``pace_ms`` apart (one timer for
+  every open stream, so thousands of paced streams cost one write each per tick).
+
+Responses use chunked transfer encoding so the SDK's connections stay alive between requests.
+Anything else is answered 404. Nothing is parsed from request bodies: the bytes are the
+emulator's, recorded by ``_record.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pickle
+import sys
+import time
+from typing import Any
+
+DELTA = b"event: thread.message.delta\n"
+END = b"0\r\n\r\n"
+HEAD = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"content-type: text/event-stream; charset=utf-8\r\n"
+    b"transfer-encoding: chunked\r\n"
+    b"x-request-id: req_replay\r\n"
+    b"\r\n"
+)
+NOT_FOUND_BODY = b'{"error":{"message":"not found","type":"invalid_request_error"}}'
+NOT_FOUND = (
+    b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n"
+    + f"content-length: {len(NOT_FOUND_BODY)}\r\n\r\n".encode()
+    + NOT_FOUND_BODY
+)
+
+
+def _chunk(frame: bytes) -> bytes:
+    return b"%x\r\n" % len(frame) + frame + b"\r\n"
+
+
+class Segment:
+    """One recorded stream, split for pacing: ``head`` before the first delta, the ``deltas``
+    (each with the non-delta frames that follow it up to the next delta), and the ``tail``."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        chunks = [_chunk(f) for f in frames]
+        self.all = chunks
+        first = next((i for i, f in enumerate(frames) if f.startswith(DELTA)), len(frames))
+        self.head = b"".join(chunks[:first])
+        self.steps: list[bytes] = []
+        for i in range(first, len(frames)):
+            if frames[i].startswith(DELTA) or not self.steps:
+                self.steps.append(chunks[i])
+            else:
+                self.steps[-1] += chunks[i]
+
+
+class Ticker:
+    """Writes the next delta of every paced stream once per period."""
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self.streams: list[list[Any]] = []  # [transport, steps, index, done future]
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, transport: Any, steps: list[bytes]) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.streams.append([transport, steps, 0, done])
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._run())
+        return done
+
+    async def _run(self) -> None:
+        due = time.monotonic() + self.period
+        while self.streams:
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            due += self.period
+            keep = []
+            for stream in self.streams:
+                transport, steps, index, done = stream
+                if transport.is_closing():
+                    if not done.done():
+                        done.set_result(None)
+                    continue
+                transport.write(steps[index])
+                stream[2] = index + 1
+                if index + 1 == len(steps):
+                    done.set_result(None)
+                else:
+                    keep.append(stream)
+            self.streams = keep
+
+
+class Server:
+    def __init__(self, recording: dict[str, list[list[bytes]]]) -> None:
+        self.segments = {name: [Segment(s) for s in segs] for name, segs in recording.items()}
+        self.tickers: dict[int, Ticker] = {}
+
+    def _route(self, path: str) -> tuple[Segment, int] | None:
+        parts = path.split("?", 1)[0].strip("/").split("/")
+        if len(parts) < 4 or parts[0] not in self.segments:
+            return None
+        segments = self.segments[parts[0]]
+        pace = int(parts[1])
+        if parts[-1] == "submit_tool_outputs":
+            index = 1
+        elif parts[-1] == "runs":
+            index = 0
+        else:
+            return None
+        if index >= len(segments):
+            return None
+        return segments[index], pace
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        transport = writer.transport
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                _, path, _ = lines[0].split(" ", 2)
+                length = 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value.strip())
+                if length:
+                    await reader.readexactly(length)
+                route = self._route(path)
+                if route is None:
+                    writer.write(NOT_FOUND)
+                    continue
+                segment, pace = route
+                writer.write(HEAD)
+                if pace:
+                    writer.write(segment.head)
+                    ticker = self.tickers.get(pace)
+                    if ticker is None:
+                        ticker = self.tickers[pace] = Ticker(pace / 1000)
+                    if segment.steps:
+                        await ticker.add(transport, segment.steps)
+                else:
+                    for chunk in segment.all:
+                        writer.write(chunk)
+                        if transport.get_write_buffer_size() > 65536:
+                            await writer.drain()
+                        else:
+                            await asyncio.sleep(0)
+                writer.write(END)
+                await writer.drain()
+        writer.close()
+
+
+async def main(recording: dict[str, list[list[bytes]]]) -> None:
+    server = Server(recording)
+    srv = await asyncio.start_server(server.handle, "127.0.0.1", 0, backlog=4096)
+    port = srv.sockets[0].getsockname()[1]
+    print(port, flush=True)
+    loop = asyncio.get_running_loop()
+    # Serve until the parent closes our stdin.
+    await loop.run_in_executor(None, sys.stdin.read)
+    srv.close()
+
+
+if __name__ == "__main__":
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    with open(sys.argv[1], "rb") as f:
+        loaded = pickle.load(f)
+    asyncio.run(main(loaded))

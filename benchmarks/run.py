@@ -1,0 +1,854 @@
+"""runmachine's benchmarks: event throughput, handoff latency, tool fan-out, many runs in one
+process, and the cost of the machine itself, each against the SDK measured in the same run.
+
+    python benchmarks/run.py            # everything; writes results.json and the README table
+    python benchmarks/run.py --quick    # the same, smaller (< 60 s on 2 cores); results-quick.json
+
+The streams are recorded once from ``runmachine.testing.Emulator`` (``_record.py``) and replayed
+byte for byte by a lean server in its own process (``_replay.py``), so every path reads the very
+same emulator stream and the server is never the slow part. Figures are medians over at least 5
+repetitions after a warm-up; every comparison is a ratio of two figures taken side by side.
+The "many runs" measurements run in fresh worker processes (peak RSS is per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import pickle
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import _paths  # noqa: E402
+import _record  # noqa: E402
+import anyio  # noqa: E402
+
+BACKENDS = ("asyncio", "trio")
+START, END = "<!-- performance:start -->", "<!-- performance:end -->"
+
+FULL: dict[str, Any] = {
+    "deltas": 20000,
+    "reps": 5,
+    "warmup": 1,
+    "handoff_samples": 200,
+    "fan_calls": 64,
+    "fan_sleep": 0.1,
+    "many_runs": 1000,
+    "many_deltas": 200,
+    "many_sdk_backends": ("asyncio",),
+    "paced_deltas": 100,
+    "pace_ms": 20,
+    "paced_start": 50,
+    "paced_max": 1600,
+    "paced_bisect": 2,
+    "paced_backends": BACKENDS,
+    "cost_machines": 2000,
+}
+QUICK: dict[str, Any] = {
+    **FULL,
+    "deltas": 1000,
+    "handoff_samples": 20,
+    "fan_sleep": 0.01,
+    "many_runs": 50,
+    "paced_deltas": 50,
+    "paced_start": 10,
+    "paced_max": 40,
+    "paced_bisect": 0,
+    "paced_backends": ("asyncio",),
+    "cost_machines": 200,
+}
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def p99(values: list[float]) -> float:
+    if len(values) < 2:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[98]
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Event throughput
+# --------------------------------------------------------------------------------------------
+
+THROUGHPUT_PATHS: dict[str, Callable[[Any], Awaitable[int]]] = {
+    "floor": _paths.floor,
+    "sdk_iter": _paths.sdk_iter,
+    "sdk_handler": _paths.sdk_handler,
+    "runmachine": _paths.runmachine,
+}
+
+
+async def throughput(port: int, cfg: dict[str, Any], events: int) -> dict[str, Any]:
+    client = _paths.make_client(port)
+    text = _paths.scenario(client, "text")
+    times: dict[str, list[float]] = {name: [] for name in THROUGHPUT_PATHS}
+    cpu: dict[str, list[float]] = {name: [] for name in THROUGHPUT_PATHS}
+    try:
+        for rep in range(cfg["warmup"] + cfg["reps"]):
+            for name, path in THROUGHPUT_PATHS.items():
+                gc.collect()
+                started, cpu_started = time.perf_counter(), time.process_time()
+                await path(text)
+                elapsed = time.perf_counter() - started
+                if rep >= cfg["warmup"]:
+                    times[name].append(elapsed)
+                    cpu[name].append(time.process_time() - cpu_started)
+    finally:
+        await client.close()
+    out: dict[str, Any] = {"events": events, "paths": {}}
+    for name, values in times.items():
+        m = median(values)
+        out["paths"][name] = {
+            "median_s": m,
+            "times_s": values,
+            "cpu_median_s": median(cpu[name]),
+            "events_per_s": events / m,
+            "us_per_event": m / events * 1e6,
+        }
+    r = out["paths"]["runmachine"]["median_s"]
+    out["r_vs_handler"] = r / out["paths"]["sdk_handler"]["median_s"]
+    out["r_vs_floor"] = r / out["paths"]["floor"]["median_s"]
+    out["r_vs_iter"] = r / out["paths"]["sdk_iter"]["median_s"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Handoff latency, 3. fan-out
+# --------------------------------------------------------------------------------------------
+
+
+async def handoff(port: int, cfg: dict[str, Any]) -> dict[str, Any]:
+    client = _paths.make_client(port)
+    marks = _paths.MARKS
+    out: dict[str, Any] = {}
+    try:
+        for calls in (1, 16):
+            scenario = _paths.scenario(client, f"tools{calls}")
+            samples: dict[str, list[float]] = {"runmachine": [], "recipe": []}
+            cpu: dict[str, list[float]] = {"runmachine": [], "recipe": []}
+            paths = {"runmachine": _paths.runmachine_marked, "recipe": _paths.recipe}
+            for i in range(cfg["handoff_samples"] + 5):
+                for name, path in paths.items():
+                    marks.arrived = marks.left = 0.0
+                    await path(scenario)
+                    assert marks.left > marks.arrived > 0
+                    if i >= 5:  # warm-up
+                        samples[name].append((marks.left - marks.arrived) * 1e3)
+                        cpu[name].append((marks.left_cpu - marks.arrived_cpu) * 1e3)
+            out[str(calls)] = {
+                name: {
+                    "median_ms": median(v),
+                    "p99_ms": p99(v),
+                    "max_ms": max(v),
+                    "cpu_median_ms": median(cpu[name]),
+                    "cpu_p99_ms": p99(cpu[name]),
+                    "samples": len(v),
+                }
+                for name, v in samples.items()
+            }
+    finally:
+        await client.close()
+    return out
+
+
+async def fanout(port: int, cfg: dict[str, Any]) -> dict[str, Any]:
+    client = _paths.make_client(port)
+    marks = _paths.MARKS
+    _paths.TOOL_SLEEP[0] = cfg["fan_sleep"]
+    scenario = _paths.scenario(client, "tools64")
+    paths: dict[str, Callable[[], Awaitable[int]]] = {
+        "runmachine": lambda: _paths.runmachine_marked(scenario, tool_concurrency=64),
+        "runmachine_default": lambda: _paths.runmachine_marked(scenario),
+        "recipe": lambda: _paths.recipe(scenario),
+    }
+    rounds: dict[str, list[float]] = {name: [] for name in paths}
+    slowest: dict[str, list[float]] = {name: [] for name in paths}
+    try:
+        for rep in range(cfg["warmup"] + cfg["reps"]):
+            for name, path in paths.items():
+                if name == "recipe" and rep < cfg["warmup"]:
+                    continue  # the recipe's warm-up is the runmachine paths' (same stream)
+                marks.tool_times.clear()
+                marks.arrived = marks.left = 0.0
+                await path()
+                if rep >= cfg["warmup"]:
+                    rounds[name].append(marks.left - marks.arrived)
+                    slowest[name].append(max(marks.tool_times))
+    finally:
+        await client.close()
+    out: dict[str, Any] = {"calls": cfg["fan_calls"], "tool_sleep_s": cfg["fan_sleep"]}
+    for name in paths:
+        r, s = median(rounds[name]), median(slowest[name])
+        out[name] = {"round_s": r, "slowest_tool_s": s, "ratio": r / s, "rounds_s": rounds[name]}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Many runs in one process (worker processes)
+# --------------------------------------------------------------------------------------------
+
+
+def _rss_now() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) so the peak is the measured phase's own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+async def _concurrently(path: Callable[[], Awaitable[int]], n: int) -> tuple[float, int, list[str]]:
+    done = 0
+    errors: list[str] = []
+
+    async def one() -> None:
+        nonlocal done
+        try:
+            await path()
+            done += 1
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}"[:200])
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(one)
+    return time.perf_counter() - started, done, errors[:3]
+
+
+async def worker_many(job: dict[str, Any]) -> dict[str, Any]:
+    client = _paths.make_client(job["port"])
+    scenario = _paths.scenario(client, "many")
+    fn = _paths.runmachine if job["path"] == "runmachine" else _paths.recipe
+    await fn(scenario)  # warm-up: every lazy import and cache in place
+    gc.collect()
+    baseline = _rss_now()
+    reset = _reset_peak()
+    peak_before = _peak_rss()
+    sampled = [baseline]
+    stop = threading.Event()
+
+    def sample() -> None:  # the fallback where VmHWM cannot be reset
+        while not stop.wait(0.005):
+            sampled.append(_rss_now())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    cpu_started = time.process_time()
+    wall, done, errors = await _concurrently(lambda: fn(scenario), job["n"])
+    cpu = time.process_time() - cpu_started
+    stop.set()
+    sampler.join()
+    peak = _peak_rss() if reset else max(sampled)
+    await client.close()
+    return {
+        "runs": job["n"],
+        "completed": done,
+        "errors": errors,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "baseline_rss": baseline,
+        "peak_rss": peak,
+        "peak_before": peak_before,
+        "peak_reset": reset,
+        "per_run_bytes": (peak - max(baseline, 0)) / job["n"],
+    }
+
+
+async def worker_paced(job: dict[str, Any]) -> dict[str, Any]:
+    client = _paths.make_client(job["port"], unlimited=True)
+    scenario = _paths.scenario(client, "paced", job["pace_ms"])
+    fn = {"runmachine": _paths.runmachine, "sdk_handler": _paths.sdk_handler}.get(
+        job["path"], _paths.floor
+    )
+    ideal = job["deltas"] * job["pace_ms"] / 1000
+    trials: list[dict[str, Any]] = []
+
+    async def trial(n: int) -> bool:
+        gc.collect()
+        wall, done, _ = await _concurrently(lambda: fn(scenario), n)
+        ok = done == n and wall <= 1.25 * ideal
+        trials.append(
+            {"runs": n, "wall_s": wall, "ratio": wall / ideal, "completed": done, "ok": ok}
+        )
+        return ok
+
+    await fn(scenario)  # warm-up
+    good, bad = 0, None
+    n = job["start"]
+    while n <= job["max"]:
+        if await trial(n):
+            good, n = n, n * 2
+        else:
+            bad = n
+            break
+    if bad is not None and good:
+        for _ in range(job["bisect"]):
+            mid = (good + bad) // 2
+            if mid in (good, bad):
+                break
+            if await trial(mid):
+                good = mid
+            else:
+                bad = mid
+    await client.close()
+    return {
+        "ideal_s": ideal,
+        "best_runs": good,
+        "first_failing": bad,
+        "capped": bad is None,
+        "trials": trials,
+    }
+
+
+def run_worker(job: dict[str, Any]) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {job} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def many_runs(port: int, cfg: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"unpaced": {}, "paced": {}}
+    for backend in BACKENDS:
+        out["unpaced"][backend] = {
+            path: run_worker(
+                {
+                    "kind": "many",
+                    "backend": backend,
+                    "port": port,
+                    "path": path,
+                    "n": cfg["many_runs"],
+                }
+            )
+            for path in ("runmachine", "recipe")
+            if path == "runmachine" or backend in cfg["many_sdk_backends"]
+        }
+    for backend in cfg["paced_backends"]:
+        out["paced"][backend] = {
+            path: run_worker(
+                {
+                    "kind": "paced",
+                    "backend": backend,
+                    "port": port,
+                    "path": path,
+                    "pace_ms": cfg["pace_ms"],
+                    "deltas": cfg["paced_deltas"],
+                    "start": cfg["paced_start"],
+                    "max": cfg["paced_max"],
+                    "bisect": cfg["paced_bisect"],
+                }
+            )
+            for path in ("floor", "runmachine", "sdk_handler")
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# 5. The machine itself, no I/O
+# --------------------------------------------------------------------------------------------
+
+
+def _decode(frames: list[bytes]) -> list[Any]:
+    from runmachine._sse import SSEParser, build_event
+
+    parser = SSEParser()
+    events = [build_event(n, d) for n, d in parser.feed(b"".join(frames))]
+    return [e for e in events if e is not None]
+
+
+async def machine_cost(recording: _record.Recording, cfg: dict[str, Any]) -> dict[str, Any]:
+    from runmachine import RunMachine
+    from runmachine._sse import SSEParser, build_event
+    from runmachine.machine import TransitionRecord
+
+    text = _decode(recording["text"][0])
+    lifecycle_events = [e for e in text if e.event.startswith("thread.run.")]
+    lifecycle_events = [e for e in lifecycle_events if not e.event.startswith("thread.run.step")]
+    head = [e for e in text if e.event != "thread.message.delta"]
+    head = head[
+        : next(i for i, e in enumerate(head) if e.event == "thread.message.in_progress") + 1
+    ]
+    deltas = [e for e in text if e.event == "thread.message.delta"]
+
+    machines = [RunMachine() for _ in range(cfg["cost_machines"])]
+    started = time.process_time()  # CPU time: these loops do no I/O
+    for m in machines:
+        for event in lifecycle_events:
+            await m.feed(event)
+    elapsed = time.process_time() - started
+    transitions = sum(len(m.history) for m in machines)
+    per_transition = elapsed / transitions
+
+    per_delta: dict[str, float] = {}
+    for label, cls in (("no hooks", RunMachine), ("no-op on_text_delta", _paths.BenchNoMark)):
+        m = cls()
+        for event in head:
+            await m.feed(event)
+        started = time.process_time()
+        for event in deltas:
+            await m.feed(event)
+        per_delta[label] = (time.process_time() - started) / len(deltas)
+
+    frames = recording["text"][0]
+    delta_frames = [f for f in frames if f.startswith(b"event: thread.message.delta")][:2000]
+    blob = b"".join(delta_frames)
+    started = time.process_time()
+    parser = SSEParser()
+    for name, data in parser.feed(blob):
+        build_event(name, data)
+    decode = (time.process_time() - started) / len(delta_frames)
+
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    kept = [RunMachine() for _ in range(1000)]
+    per_machine = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    before = tracemalloc.get_traced_memory()[0]
+    records = [
+        TransitionRecord("queued", "in_progress", "thread.run.in_progress", f"run_{i:024d}", 1.0)
+        for i in range(10000)
+    ]
+    per_record = (tracemalloc.get_traced_memory()[0] - before) / len(records)
+    tracemalloc.stop()
+    for m in kept:
+        m.detach()
+    del kept, records
+    return {
+        "us_per_transition": per_transition * 1e6,
+        "transitions_measured": transitions,
+        "us_per_delta": {k: v * 1e6 for k, v in per_delta.items()},
+        "us_decode_per_delta": decode * 1e6,
+        "bytes_per_machine": per_machine,
+        "bytes_per_history_record": per_record,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Goals, tables, README
+# --------------------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "missed"
+
+
+def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for backend, t in results["throughput"].items():
+        ok = t["r_vs_handler"] <= 0.35 and t["r_vs_floor"] <= 4
+        rows.append(
+            {
+                "id": f"1-throughput-{backend}",
+                "goal": "1. R ≤ 0.35 × (b) and R ≤ 4 × floor",
+                "backend": backend,
+                "measured": f"R = {t['r_vs_handler']:.2f} × (b), {t['r_vs_floor']:.2f} × floor",
+                "verdict": verdict(ok),
+            }
+        )
+    for backend, h in results["handoff"].items():
+        for calls, d in h.items():
+            rm, rc = d["runmachine"], d["recipe"]
+            ok = (
+                rm["median_ms"] <= 1
+                and rm["p99_ms"] <= 5
+                and rm["median_ms"] <= rc["median_ms"]
+                and rm["p99_ms"] <= rc["p99_ms"]
+            )
+            rows.append(
+                {
+                    "id": f"2-handoff-{calls}-{backend}",
+                    "goal": f"2. handoff, {calls} call{'s' if calls != '1' else ''}: median ≤ 1 ms,"
+                    " p99 ≤ 5 ms, never slower than the recipe",
+                    "backend": backend,
+                    "measured": f"median {rm['median_ms']:.2f} ms, p99 {rm['p99_ms']:.2f} ms "
+                    f"(recipe {rc['median_ms']:.2f} / {rc['p99_ms']:.2f} ms)",
+                    "verdict": verdict(ok),
+                }
+            )
+    for backend, f in results["fanout"].items():
+        rm = f["runmachine"]
+        rows.append(
+            {
+                "id": f"3-fanout-{backend}",
+                "goal": f"3. fan-out of {f['calls']} calls ≤ 1.2 × the slowest tool",
+                "backend": backend,
+                "measured": f"{rm['ratio']:.2f} × (tool_concurrency=64); default 16: "
+                f"{f['runmachine_default']['ratio']:.2f} ×; recipe {f['recipe']['ratio']:.1f} ×",
+                "verdict": verdict(rm["ratio"] <= 1.2),
+            }
+        )
+    many = results["many"]
+    for backend, u in many["unpaced"].items():
+        rm = u["runmachine"]
+        ok = rm["completed"] == rm["runs"] and rm["per_run_bytes"] <= 64 * 1024
+        rows.append(
+            {
+                "id": f"4-memory-{backend}",
+                "goal": f"4. {rm['runs']} concurrent runs complete, ≤ 64 KiB per run",
+                "backend": backend,
+                "measured": f"{rm['completed']}/{rm['runs']} completed, "
+                f"{rm['per_run_bytes'] / 1024:.1f} KiB per run",
+                "verdict": verdict(ok),
+            }
+        )
+    for backend, p in many["paced"].items():
+        rm, sdk = p["runmachine"]["best_runs"], p["sdk_handler"]["best_runs"]
+        ratio = rm / sdk if sdk else (float("inf") if rm else 0.0)
+        capped = " (search cap)" if p["runmachine"]["capped"] else ""
+        rows.append(
+            {
+                "id": f"4-paced-{backend}",
+                "goal": "4. paced: ≥ 2.5 × as many runs within 1.25 × ideal as the SDK path",
+                "backend": backend,
+                "measured": f"{rm}{capped} vs {sdk} runs ({ratio:.2f} ×)",
+                "verdict": verdict(ratio >= 2.5),
+            }
+        )
+    return rows
+
+
+def tables(results: dict[str, Any]) -> str:
+    out: list[str] = []
+    add = out.append
+    add("| goal | backend | measured | verdict |")
+    add("|---|---|---|---|")
+    for g in results["goals"]:
+        add(f"| {g['goal']} | {g['backend']} | {g['measured']} | **{g['verdict']}** |")
+    add("")
+    t0 = next(iter(results["throughput"].values()))
+    add(
+        f"**1. Event throughput**: one run of {t0['events']:,} SSE events "
+        f"({results['config']['deltas']:,} text deltas); medians of {results['config']['reps']}."
+    )
+    add("")
+    add("| path | backend | time | events/s | × floor | × (b) | client CPU |")
+    add("|---|---|---|---|---|---|---|")
+    labels = {
+        "floor": "floor: raw bytes, no parsing",
+        "sdk_iter": "(a) `runs.create(stream=True)`",
+        "sdk_handler": "(b) `runs.stream()` + no-op handler",
+        "runmachine": "(R) runmachine, no-op `on_text_delta`",
+    }
+    for backend, t in results["throughput"].items():
+        floor = t["paths"]["floor"]["median_s"]
+        handler = t["paths"]["sdk_handler"]["median_s"]
+        for name, label in labels.items():
+            p = t["paths"][name]
+            add(
+                f"| {label} | {backend} | {p['median_s']:.3f} s | {p['events_per_s']:,.0f} | "
+                f"{p['median_s'] / floor:.2f} | {p['median_s'] / handler:.2f} | "
+                f"{p['cpu_median_s']:.3f} s |"
+            )
+    add("")
+    add(
+        "**2. Handoff latency** (`requires_action` seen by `on_event` → submit request handed to "
+        "httpx), tools that return at once; runmachine vs the SDK recipe."
+    )
+    add("")
+    add(
+        "| calls | backend | runmachine median / p99 / max | recipe median / p99 / max "
+        "| CPU median / p99: runmachine, recipe |"
+    )
+    add("|---|---|---|---|---|")
+    for backend, h in results["handoff"].items():
+        for calls, d in h.items():
+            rm, rc = d["runmachine"], d["recipe"]
+            add(
+                f"| {calls} | {backend} | {rm['median_ms']:.2f} / {rm['p99_ms']:.2f} / "
+                f"{rm['max_ms']:.2f} ms | {rc['median_ms']:.2f} / {rc['p99_ms']:.2f} / "
+                f"{rc['max_ms']:.2f} ms | {rm['cpu_median_ms']:.2f} / {rm['cpu_p99_ms']:.2f} ms, "
+                f"{rc['cpu_median_ms']:.2f} / {rc['cpu_p99_ms']:.2f} ms |"
+            )
+    add("")
+    f0 = next(iter(results["fanout"].values()))
+    add(
+        f"**3. Tool fan-out**: one round of {f0['calls']} async tools sleeping "
+        f"{f0['tool_sleep_s'] * 1000:.0f} ms (requires_action → submit)."
+    )
+    add("")
+    add("| path | backend | round | × slowest tool |")
+    add("|---|---|---|---|")
+    for backend, f in results["fanout"].items():
+        for name, label in (
+            ("runmachine", "runmachine, `tool_concurrency=64`"),
+            ("runmachine_default", "runmachine, default `tool_concurrency=16`"),
+            ("recipe", "SDK recipe (one by one)"),
+        ):
+            add(f"| {label} | {backend} | {f[name]['round_s']:.3f} s | {f[name]['ratio']:.2f} |")
+    add("")
+    many = results["many"]
+    add(
+        f"**4. Many runs, unpaced**: {results['config']['many_runs']} concurrent runs on one "
+        f"client, one tool round and {results['config']['many_deltas']} deltas each "
+        "(fresh process each; RSS above the process's baseline after a warm-up run)."
+    )
+    add("")
+    add("| path | backend | completed | wall | client CPU | peak RSS above baseline per run |")
+    add("|---|---|---|---|---|---|")
+    for backend, u in many["unpaced"].items():
+        for name, label in (("runmachine", "runmachine"), ("recipe", "SDK recipe")):
+            if name not in u:
+                continue
+            r = u[name]
+            add(
+                f"| {label} | {backend} | {r['completed']}/{r['runs']} | {r['wall_s']:.2f} s | "
+                f"{r['cpu_s']:.2f} s | {r['per_run_bytes'] / 1024:.1f} KiB |"
+            )
+    add("")
+    add(
+        f"**4. Many runs, paced**: {results['config']['paced_deltas']} deltas "
+        f"{results['config']['pace_ms']} ms apart per run (ideal "
+        f"{results['config']['paced_deltas'] * results['config']['pace_ms'] / 1000:.1f} s); the "
+        "largest number of concurrent runs finishing within 1.25 × ideal (doubling, then "
+        f"{results['config']['paced_bisect']} bisection steps; search cap "
+        f"{results['config']['paced_max']}). The floor row is the replay server with raw byte "
+        "readers: the most this set-up can show."
+    )
+    add("")
+    add("| path | backend | runs within 1.25 × ideal | first failing |")
+    add("|---|---|---|---|")
+    for backend, p in many["paced"].items():
+        for name, label in (
+            ("floor", "floor: server + raw byte readers"),
+            ("runmachine", "runmachine"),
+            ("sdk_handler", "(b) SDK handler path"),
+        ):
+            r = p[name]
+            cap = " (cap)" if r["capped"] else ""
+            add(f"| {label} | {backend} | {r['best_runs']}{cap} | {r['first_failing'] or '-'} |")
+    add("")
+    add("**5. The machine itself**, no I/O (CPU time of the benchmark process).")
+    add("")
+    add("| measure | backend | value |")
+    add("|---|---|---|")
+    for backend, c in results["machine"].items():
+        add(f"| lifecycle transition (`feed`, FSM) | {backend} | {c['us_per_transition']:.1f} µs |")
+        for label, v in c["us_per_delta"].items():
+            add(f"| text delta on the fast path, {label} | {backend} | {v:.2f} µs |")
+        add(
+            f"| SSE decode + build one delta event | {backend} | "
+            f"{c['us_decode_per_delta']:.2f} µs |"
+        )
+    c0 = next(iter(results["machine"].values()))
+    add(f"| `RunMachine()` instance | - | {c0['bytes_per_machine']:,.0f} bytes |")
+    add(f"| history record | - | {c0['bytes_per_history_record']:,.0f} bytes |")
+    return "\n".join(out)
+
+
+def machine_info(backend_note: str) -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = {}
+    for name in ("openai", "httpx2", "anyio", "trio", "pydantic", "transitions"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "os": platform.platform(),
+        "backends": backend_note,
+        "versions": versions,
+    }
+
+
+def readme_section(results: dict[str, Any]) -> str:
+    m = results["machine_info"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    return "\n".join(
+        [
+            START,
+            f"Measured with `{results['command']}` on {results['started'][:10]}: "
+            f"{m['cpu']}, {m['cores']} cores, {m['implementation']} {m['python']}, {m['os']}; "
+            f"{versions}. Backends: {m['backends']}. The benchmark took "
+            f"{results['duration_s']:.0f} s. The machine was shared with other work while it "
+            "ran, so absolute figures are noisy; the ratios, taken side by side in one process "
+            "run on the same replayed emulator stream, are what to read.",
+            "",
+            tables(results),
+            END,
+        ]
+    )
+
+
+def update_readme(results: dict[str, Any]) -> None:
+    path = ROOT / "README.md"
+    text = path.read_text()
+    block = readme_section(results)
+    if START in text and END in text:
+        before, rest = text.split(START, 1)
+        _, after = rest.split(END, 1)
+        text = before + block + after
+    else:
+        intro = (
+            "## Performance\n\n"
+            "`python benchmarks/run.py` records the benchmark streams from the emulator, replays "
+            "them byte for byte from a server in its own process, and compares runmachine with "
+            "the SDK's own stream handling on the same bytes (`--quick` for a smaller run). The "
+            "table below is written by that script from its last full run "
+            "(`benchmarks/results.json`).\n\n"
+        )
+        marker = "## Honest limits"
+        section = intro + block + "\n\n"
+        text = text.replace(marker, section + marker, 1) if marker in text else text + section
+    path.write_text(text)
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def start_server(recording: _record.Recording, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    path = tmp / "recording.pickle"
+    path.write_bytes(pickle.dumps(recording))
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "_replay.py"), str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert server.stdout is not None
+    line = server.stdout.readline()
+    if not line:
+        raise RuntimeError("the replay server did not start")
+    return server, int(line)
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes; under 60 s")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results file (default: benchmarks/results.json or results-quick.json)",
+    )
+    parser.add_argument(
+        "--readme",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write the README's Performance section (default: full runs only)",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    raise_fd_limit()
+    if args.worker:
+        job = json.loads(args.worker)
+        work = worker_many if job["kind"] == "many" else worker_paced
+        print(json.dumps(anyio.run(work, job, backend=job["backend"])))
+        return
+
+    cfg = QUICK if args.quick else FULL
+    out = args.out or HERE / ("results-quick.json" if args.quick else "results.json")
+    write_readme = (not args.quick) if args.readme is None else args.readme
+    command = "python benchmarks/run.py" + (" --quick" if args.quick else "")
+    started_at = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - t0:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    log("recording the streams from the emulator")
+    recording = _record.record(cfg["deltas"], cfg["many_deltas"], cfg["paced_deltas"])
+    events = len(recording["text"][0]) - 1  # every frame but [DONE]
+    results: dict[str, Any] = {
+        "schema": 1,
+        "command": command,
+        "quick": args.quick,
+        "started": started_at.isoformat(timespec="seconds"),
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+        "machine_info": machine_info("asyncio and trio (each row says which)"),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        server, port = start_server(recording, Path(tmp))
+        try:
+            results["throughput"] = {}
+            results["handoff"] = {}
+            results["fanout"] = {}
+            results["machine"] = {}
+            for backend in BACKENDS:
+                log(f"1. throughput on {backend}")
+                results["throughput"][backend] = anyio.run(
+                    throughput, port, cfg, events, backend=backend
+                )
+                log(f"2. handoff on {backend}")
+                results["handoff"][backend] = anyio.run(handoff, port, cfg, backend=backend)
+                log(f"3. fan-out on {backend}")
+                results["fanout"][backend] = anyio.run(fanout, port, cfg, backend=backend)
+                log(f"5. machine cost on {backend}")
+                results["machine"][backend] = anyio.run(
+                    machine_cost, recording, cfg, backend=backend
+                )
+            log("4. many runs (worker processes)")
+            results["many"] = many_runs(port, cfg)
+        finally:
+            assert server.stdin is not None
+            server.stdin.close()
+            server.wait(10)
+    results["duration_s"] = time.perf_counter() - t0
+    results["goals"] = goals(results)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(tables(results))
+    if write_readme:
+        update_readme(results)
+    log(f"wrote {out}" + (" and README.md" if write_readme else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The benchmarks run: ``python benchmarks/run.py --quick`` finishes and writes well-formed
+results, with a met/missed verdict for every goal. No figure is asserted: timings are for the
+README's Performance section, not for the test suite."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = {"asyncio", "trio"}
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def test_quick_benchmarks_run_and_write_well_formed_results(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(out.read_text())
+    assert results["schema"] == 1
+    assert results["quick"] is True
+    assert results["command"] == "python benchmarks/run.py --quick"
+    info = results["machine_info"]
+    assert info["cores"] and info["python"] and info["os"]
+
+    # 1. throughput: every path on both backends, positive medians over >= 5 repetitions
+    assert set(results["throughput"]) == BACKENDS
+    for t in results["throughput"].values():
+        assert set(t["paths"]) == {"floor", "sdk_iter", "sdk_handler", "runmachine"}
+        for p in t["paths"].values():
+            assert len(p["times_s"]) >= 5
+            assert all(_number(x) and x > 0 for x in p["times_s"])
+            assert p["median_s"] > 0
+        assert _number(t["r_vs_handler"]) and _number(t["r_vs_floor"])
+    # 2. handoff: 1 and 16 calls, runmachine and the recipe
+    for h in results["handoff"].values():
+        assert set(h) == {"1", "16"}
+        for d in h.values():
+            for side in ("runmachine", "recipe"):
+                assert d[side]["samples"] > 0 and _number(d[side]["median_ms"])
+                assert d[side]["median_ms"] <= d[side]["p99_ms"] <= d[side]["max_ms"]
+    # 3. fan-out
+    for f in results["fanout"].values():
+        for side in ("runmachine", "runmachine_default", "recipe"):
+            assert f[side]["round_s"] > 0 and f[side]["slowest_tool_s"] > 0
+    # 4. many runs: all completed (unpaced); the paced search tried something
+    for u in results["many"]["unpaced"].values():
+        for r in u.values():
+            assert r["completed"] == r["runs"], r["errors"]
+    for p in results["many"]["paced"].values():
+        for r in p.values():
+            assert r["trials"]
+    # 5. the machine itself
+    for c in results["machine"].values():
+        assert c["us_per_transition"] > 0 and c["bytes_per_machine"] > 0
+        assert c["bytes_per_history_record"] > 0
+
+    # Every goal row is present with a verdict.
+    ids = {g["id"] for g in results["goals"]}
+    expected = {f"1-throughput-{b}" for b in BACKENDS}
+    expected |= {f"2-handoff-{n}-{b}" for n in (1, 16) for b in BACKENDS}
+    expected |= {f"3-fanout-{b}" for b in BACKENDS} | {f"4-memory-{b}" for b in BACKENDS}
+    expected |= {f"4-paced-{b}" for b in results["config"]["paced_backends"]}
+    assert ids == expected
+    assert all(g["verdict"] in ("met", "missed") and g["measured"] for g in results["goals"])
+    assert "| goal | backend | measured | verdict |" in proc.stdout
