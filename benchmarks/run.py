@@ -336,6 +336,60 @@ async def worker_paced(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def profiles(port: int, cfg: dict[str, Any]) -> str:
+    """pyinstrument profiles of the runmachine side: one throughput stream, handoff rounds
+    (wall time, awaits included) and many concurrent runs (CPU)."""
+    from pyinstrument import Profiler
+
+    client = _paths.make_client(port, unlimited=True)
+    parts: list[str] = []
+
+    async def profiled(title: str, work: Callable[[], Awaitable[Any]], async_mode: str) -> None:
+        await work()  # warm-up
+        profiler = Profiler(async_mode=async_mode, interval=0.0005)
+        profiler.start()
+        await work()
+        profiler.stop()
+        text = profiler.output_text(unicode=False, color=False, show_all=False)
+        parts.append(f"## {title}\n\n{_clean(text)}")
+
+    text = _paths.scenario(client, "text")
+    tools16 = _paths.scenario(client, "tools16")
+    many = _paths.scenario(client, "many")
+
+    async def handoffs() -> None:
+        for _ in range(50):
+            await _paths.runmachine_marked(tools16)
+
+    async def concurrent() -> None:
+        await _concurrently(lambda: _paths.runmachine(many), 300)
+
+    try:
+        await profiled(
+            "1. one throughput stream (runmachine)", lambda: _paths.runmachine(text), "disabled"
+        )
+        await profiled(
+            "2. 50 handoff runs of 16 calls (runmachine, awaits included)", handoffs, "enabled"
+        )
+        await profiled(
+            "4. 300 concurrent runs, one tool round each (runmachine)", concurrent, "disabled"
+        )
+    finally:
+        await client.close()
+    return "\n\n".join(parts)
+
+
+def _clean(text: str) -> str:
+    """Profiles name files relative to the project and the installed packages."""
+    lines = [line for line in text.splitlines() if not line.startswith("Profile at ")]
+    text = "\n".join(lines)
+    for prefix in sorted(
+        {str(ROOT) + "/", sys.prefix + "/", sys.base_prefix + "/"}, key=len, reverse=True
+    ):
+        text = text.replace(prefix, "")
+    return text
+
+
 def run_worker(job: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)],
@@ -785,6 +839,11 @@ def main() -> None:
         default=None,
         help="write the README's Performance section (default: full runs only)",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="only write pyinstrument profiles of the runmachine paths to benchmarks/profile.txt",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     raise_fd_limit()
@@ -817,6 +876,17 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         server, port = start_server(recording, Path(tmp))
+        if args.profile:
+            try:
+                log("profiling (asyncio)")
+                text = anyio.run(profiles, port, cfg, backend="asyncio")
+            finally:
+                assert server.stdin is not None
+                server.stdin.close()
+                server.wait(10)
+            (HERE / "profile.txt").write_text(f"# `{command} --profile`\n\n{text}\n")
+            log("wrote benchmarks/profile.txt")
+            return
         try:
             results["throughput"] = {}
             results["handoff"] = {}
