@@ -25,6 +25,7 @@ import math
 import random
 import time
 import warnings
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -68,6 +69,24 @@ def _sdk_call() -> Iterator[None]:
         yield
 
 
+_NO_RETRY: weakref.WeakKeyDictionary[openai.AsyncOpenAI, openai.AsyncOpenAI] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _no_retry_client(client: openai.AsyncOpenAI) -> openai.AsyncOpenAI:
+    """``client.with_options(max_retries=0)``, made once per client.
+
+    Every copy the SDK makes starts without its platform headers and fetches them in a worker
+    thread on its first request (``asyncify(get_platform)``); a copy per run put that thread hop
+    between ``requires_action`` and the submit request of every run's first round.
+    """
+    copy = _NO_RETRY.get(client)
+    if copy is None:
+        copy = _NO_RETRY[client] = client.with_options(max_retries=0)
+    return copy
+
+
 @attrs.frozen
 class DriverOptions:
     """How a ``RunMachine`` drives its runs. Every field is a keyword of ``RunMachine(...)``."""
@@ -106,7 +125,7 @@ class Driver:
                 "this RunMachine has no client: create it as RunMachine(client) to drive runs"
             )
         self.client = client
-        self._no_retry = client.with_options(max_retries=0)
+        self._no_retry = _no_retry_client(client)
         self.sink = sink
         self.tools: dict[str, ToolSpec] = machine.tool_specs()
         self.records: list[ToolCallRecord] = []
