@@ -435,9 +435,9 @@ async def drive(emulator: Emulator, base_url: str, case: Case) -> str:
         assert run_id is not None
         assert result.run_id == run_id
 
-        # Let a requested cancellation land on the server (it does so at once).
+        # Let a cancellation the driver requested land on the server (it does so at once).
         with anyio.fail_after(HANG_GUARD):
-            while (stats := emulator.run_stats(run_id)).status not in TERMINAL:
+            while (stats := emulator.run_stats(run_id)).status == "cancelling":
                 await anyio.sleep(0.01)
 
         with warnings.catch_warnings():
