@@ -60,11 +60,13 @@ MARKS = Marks()
 TOOL_SLEEP = [0.1]
 
 
-def make_client(port: int, *, unlimited: bool = False) -> openai.AsyncOpenAI:
+def make_client(
+    port: int, *, unlimited: bool = False, pool_timeout: float = 600
+) -> openai.AsyncOpenAI:
     limits = (
         httpx2.Limits(max_connections=None, max_keepalive_connections=None) if unlimited else None
     )
-    kwargs: dict[str, Any] = {"event_hooks": {"request": [MARKS.on_request]}, "timeout": 600}
+    kwargs: dict[str, Any] = {"event_hooks": {"request": [MARKS.on_request]}}
     if limits is not None:
         kwargs["limits"] = limits
     http_client = openai.DefaultAsyncHttpxClient(**kwargs)
@@ -72,6 +74,7 @@ def make_client(port: int, *, unlimited: bool = False) -> openai.AsyncOpenAI:
         base_url=f"http://127.0.0.1:{port}/text/0/v1",
         api_key="bench",
         max_retries=0,
+        timeout=httpx2.Timeout(600, connect=30, pool=pool_timeout),
         http_client=http_client,
     )
 

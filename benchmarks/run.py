@@ -252,7 +252,10 @@ async def _concurrently(path: Callable[[], Awaitable[int]], n: int) -> tuple[flo
 
 
 async def worker_many(job: dict[str, Any]) -> dict[str, Any]:
-    client = _paths.make_client(job["port"])
+    # The SDK's default connection limits (1,000). The recipe holds its stream's connection
+    # while it opens the submit stream: past the pool size those wait for a slot that its own
+    # streams hold, so a bounded pool wait turns that deadlock into counted failures.
+    client = _paths.make_client(job["port"], pool_timeout=30)
     scenario = _paths.scenario(client, "many")
     fn = _paths.runmachine if job["path"] == "runmachine" else _paths.recipe
     await fn(scenario)  # warm-up: every lazy import and cache in place
@@ -675,7 +678,8 @@ def tables(results: dict[str, Any]) -> str:
     add(
         f"**4. Many runs, unpaced**: {results['config']['many_runs']} concurrent runs on one "
         f"client, one tool round and {results['config']['many_deltas']} deltas each "
-        "(fresh process each; RSS above the process's baseline after a warm-up run)."
+        "(a fresh process each; peak RSS above the process's RSS after a warm-up run, sampled "
+        "every 5 ms where the kernel's peak mark cannot be reset)."
     )
     add("")
     add("| path | backend | completed | wall | client CPU | peak RSS above baseline per run |")
@@ -844,6 +848,12 @@ def main() -> None:
         action="store_true",
         help="only write pyinstrument profiles of the runmachine paths to benchmarks/profile.txt",
     )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS",
+        help="only print the tables of RESULTS (a results.json) again and write them to the README",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     raise_fd_limit()
@@ -851,6 +861,13 @@ def main() -> None:
         job = json.loads(args.worker)
         work = worker_many if job["kind"] == "many" else worker_paced
         print(json.dumps(anyio.run(work, job, backend=job["backend"])))
+        return
+
+    if args.render:
+        results = json.loads(args.render.read_text())
+        results["goals"] = goals(results)
+        print(tables(results))
+        update_readme(results)
         return
 
     cfg = QUICK if args.quick else FULL
