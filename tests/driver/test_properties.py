@@ -185,8 +185,12 @@ ops_st = st.builds(
     ending_st,
 )
 
+# Which stream (0 creates the run, n follows the n-th accepted submission) and after how many of
+# its events; early events (before and around the first message or call) weigh more.
 stream_at = st.dictionaries(
-    st.integers(min_value=0, max_value=3), st.integers(min_value=0, max_value=30), max_size=2
+    st.one_of(st.integers(0, 1), st.integers(0, 3)),
+    st.one_of(st.integers(0, 8), st.integers(0, 40)),
+    max_size=2,
 )
 
 
