@@ -115,6 +115,23 @@ async def floor(client: openai.AsyncOpenAI) -> int:
     return n
 
 
+async def socket_floor(port: int, path: str) -> int:
+    """The replay server's own floor: one stream read off a bare socket, no HTTP client."""
+    request = (
+        f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        "content-length: 2\r\n\r\n{}"
+    ).encode()
+    n = 0
+    tail = b""
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(request)
+        while not tail.endswith(b"\r\n0\r\n\r\n"):
+            chunk = await stream.receive()
+            n += len(chunk)
+            tail = (tail + chunk)[-7:]
+    return n
+
+
 async def sdk_iter(client: openai.AsyncOpenAI) -> int:
     n = 0
     stream = await client.beta.threads.runs.create(
