@@ -790,9 +790,12 @@ class RunMachine:
         return "\n\n".join(parts)
 
     def replace_messages(self, messages: Iterable[Message]) -> None:
-        """Replace the message snapshots with authoritative ones (e.g. from ``messages.list``)."""
-        for message in messages:
-            self._messages[message.id] = message
+        """Replace the message snapshots with authoritative ones (e.g. from ``messages.list``,
+        oldest first). Their order wins: a message lost with a dropped stream comes back in its
+        place, before messages a later stream showed."""
+        fresh = {message.id: message for message in messages}
+        rest = {key: value for key, value in self._messages.items() if key not in fresh}
+        self._messages = {**fresh, **rest}
 
     # ----------------------------------------------------------------------------------------
     # Hooks: the SDK's AsyncAssistantEventHandler vocabulary. Override any of them.
