@@ -633,3 +633,39 @@ async def test_client_options_are_respected(
         assistant = await client.beta.assistants.create(model="gpt-4o")
         result = await RunMachine(client).run(thread_id=thread.id, assistant_id=assistant.id)
     assert result.text == "hi"
+
+
+async def test_azure_client_and_its_options_reach_every_request(
+    emulator: Emulator, anyio_backend: Any
+) -> None:
+    sent: list[Any] = []
+
+    async def log(request: Any) -> None:
+        sent.append(request)
+
+    http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [log]})
+    azure = openai.AsyncAzureOpenAI(
+        base_url=emulator.base_url,
+        api_key="azure-key",
+        api_version="2024-05-01-preview",
+        http_client=http,
+    ).with_options(default_headers={"x-app": "runmachine-test"}, timeout=30.0)
+    async with azure:
+        emulator.enqueue(
+            Scenario().tool_round([("get_rain", {"city": "x"})]).reply("Azure says hi.")
+        )
+        thread = await azure.beta.threads.create(messages=[{"role": "user", "content": "hi"}])
+        assistant = await azure.beta.assistants.create(
+            model="my-deployment",
+            tools=Weather.tool_definitions(),  # type: ignore[arg-type]
+        )
+        sent.clear()
+        result = await Weather(azure).run(thread_id=thread.id, assistant_id=assistant.id)
+    assert result.status == "completed" and result.text == "Azure says hi."
+    paths = [r.url.path for r in sent]
+    assert any(p.endswith("/runs") for p in paths)
+    assert any(p.endswith("/submit_tool_outputs") for p in paths)
+    for request in sent:
+        assert request.headers["api-key"] == "azure-key", request.url
+        assert request.headers["x-app"] == "runmachine-test", request.url
+        assert request.url.params["api-version"] == "2024-05-01-preview", request.url
