@@ -20,6 +20,8 @@ the emulator, on asyncio and on trio, and checks what the server saw:
   and the server run cancelled (or already terminal);
 * the outcome is the one a model of the scenario and of the guards predicts.
 
+A case the property once found is kept as a separate regression test below.
+
 Hypothesis does not drive async tests, so each example runs ``anyio.run(..., backend=...)``
 inside a sync test parametrized over the backend, against one emulator served for the module.
 """
@@ -37,7 +39,7 @@ import anyio
 import attrs
 import openai
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 from runmachine import RunMachine, tool
@@ -521,6 +523,10 @@ async def drive(emulator: Emulator, base_url: str, case: Case) -> str:
 def test_driver_properties(served: tuple[Emulator, str], backend: str, case: Case) -> None:
     emulator, base_url = served
     emulator.reset()
+    note(f"scenario: {', '.join(map(repr, case.ops)) or '(empty)'}")
+    note(f"faults: {case.faults!r}")
+    note(f"options: {case.options!r}, strict={case.strict}")
+    note(f"predicted: {sorted(acceptable_outcomes(case))}")
     outcome = anyio.run(drive, emulator, base_url, case, backend=backend)
     event(f"outcome: {outcome}")
 
