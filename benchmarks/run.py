@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import tracemalloc
@@ -771,20 +772,52 @@ def machine_info(backend_note: str) -> dict[str, Any]:
     }
 
 
+def _missed_note(results: dict[str, Any]) -> str:
+    missed = [g for g in results["goals"] if g["verdict"] == "missed"]
+    if not missed:
+        return "Every goal was met in this run."
+    labels = {
+        "1-throughput": "1 (event throughput)",
+        "2-handoff": "2 (handoff latency)",
+        "3-fanout": "3 (tool fan-out)",
+        "4-memory": "4 (memory per concurrent run)",
+        "4-paced": "4 (paced runs)",
+    }
+    names = sorted(
+        {
+            f"{labels[prefix]} on {g['backend']}"
+            for g in missed
+            for prefix in labels
+            if g["id"].startswith(prefix)
+        }
+    )
+    return (
+        f"Goals met in this run: {len(results['goals']) - len(missed)} of "
+        f"{len(results['goals'])} rows; missed: {'; '.join(names)}. "
+        "`python benchmarks/run.py --profile` writes pyinstrument profiles of the runmachine "
+        "side to `benchmarks/profile.txt`."
+    )
+
+
 def readme_section(results: dict[str, Any]) -> str:
     m = results["machine_info"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    about = (
+        f"Measured with `{results['command']}` on {results['started'][:10]}: "
+        f"{m['cpu']}, {m['cores']} cores, {m['implementation']} {m['python']}, {m['os']}; "
+        f"{versions}. Backends: {m['backends']}. The benchmark took "
+        f"{results['duration_s']:.0f} s. The machine was shared with other work while it "
+        "ran, so absolute figures are noisy; the ratios, taken side by side in one process "
+        "run on the same replayed emulator stream, are what to read."
+    )
     return "\n".join(
         [
             START,
-            f"Measured with `{results['command']}` on {results['started'][:10]}: "
-            f"{m['cpu']}, {m['cores']} cores, {m['implementation']} {m['python']}, {m['os']}; "
-            f"{versions}. Backends: {m['backends']}. The benchmark took "
-            f"{results['duration_s']:.0f} s. The machine was shared with other work while it "
-            "ran, so absolute figures are noisy; the ratios, taken side by side in one process "
-            "run on the same replayed emulator stream, are what to read.",
+            textwrap.fill(about, 100, break_on_hyphens=False, break_long_words=False),
             "",
             tables(results),
+            "",
+            textwrap.fill(_missed_note(results), 100, break_on_hyphens=False),
             END,
         ]
     )
@@ -799,16 +832,16 @@ def update_readme(results: dict[str, Any]) -> None:
         _, after = rest.split(END, 1)
         text = before + block + after
     else:
-        intro = (
-            "## Performance\n\n"
+        intro = textwrap.fill(
             "`python benchmarks/run.py` records the benchmark streams from the emulator, replays "
             "them byte for byte from a server in its own process, and compares runmachine with "
             "the SDK's own stream handling on the same bytes (`--quick` for a smaller run). The "
             "table below is written by that script from its last full run "
-            "(`benchmarks/results.json`).\n\n"
+            "(`benchmarks/results.json`).",
+            100,
         )
         marker = "## Honest limits"
-        section = intro + block + "\n\n"
+        section = f"## Performance\n\n{intro}\n\n{block}\n\n"
         text = text.replace(marker, section + marker, 1) if marker in text else text + section
     path.write_text(text)
 
