@@ -70,7 +70,7 @@ QUICK: dict[str, Any] = {
     "fan_sleep": 0.01,
     "many_runs": 50,
     "paced_deltas": 50,
-    "paced_start": 10,
+    "paced_start": 20,
     "paced_max": 40,
     "paced_bisect": 0,
     "paced_backends": ("asyncio",),
