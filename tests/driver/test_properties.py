@@ -201,7 +201,8 @@ def _http_fault(endpoint: str, nth: st.SearchStrategy[int]) -> st.SearchStrategy
         lambda n, s, r: HTTPFault(endpoint, nth=n, status=s, retry_after=r),
         nth,
         st.sampled_from([500, 502, 503]),
-        st.sampled_from([None, 0.01]),
+        # Without retry-after the back-off is the SDK's or the driver's own (0.25 s and up).
+        st.sampled_from([None, 0.01, 0.02, 0.05]),
     )
     rate_limited = st.builds(
         lambda n, r: HTTPFault(endpoint, nth=n, status=429, retry_after=r),
