@@ -386,7 +386,7 @@ class Driver:
                     )
                 kwargs = spec.parse_arguments(arguments)
                 func = spec.bind(self.m)
-                async with self.limiter:
+                async with limiter:
                     await self._tool_hook("on_tool_started", call)
                     await ledger.call_started(run.id, call.id, round_no, name, arguments)
                     started = starts[call.id] = time.monotonic()
@@ -434,10 +434,15 @@ class Driver:
                     results,
                 )
 
+        # The limit binds only when the round has more calls than it allows.
+        limiter = self.limiter if len(calls) > self.options.tool_concurrency else _nothing_async()
         with anyio.CancelScope(deadline=deadline) as self.round_scope:
-            async with anyio.create_task_group() as tg:
-                for call in calls:
-                    tg.start_soon(one, call)
+            if len(calls) == 1:
+                await one(calls[0])
+            else:
+                async with anyio.create_task_group() as tg:
+                    for call in calls:
+                        tg.start_soon(one, call)
         self.round_scope = None
         if self.hook_failed is not None:
             raise self.hook_failed
@@ -824,6 +829,21 @@ def _retry_after(exc: BaseException) -> float | None:
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
+
+
+class _NothingAsync:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def _nothing_async() -> _NothingAsync:
+    return _NOTHING_ASYNC
+
+
+_NOTHING_ASYNC = _NothingAsync()
 
 
 class EventStream:

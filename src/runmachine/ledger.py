@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -165,35 +165,40 @@ class MemoryLedger:
     """The default ledger: plain dictionaries, for the life of the process."""
 
     def __init__(self) -> None:
-        self._runs: dict[str, RunEntry] = {}
+        self._runs: dict[str, dict[str, Any]] = {}
+        self._calls: dict[str, dict[str, CallEntry]] = {}
+        self._rounds: dict[str, dict[int, RoundEntry]] = {}
 
-    def _run(self, run_id: str) -> RunEntry:
-        entry = self._runs.get(run_id)
-        if entry is None:
+    def _run(self, run_id: str) -> dict[str, Any]:
+        run = self._runs.get(run_id)
+        if run is None:
             now = time.time()
-            entry = RunEntry(run_id, "", "unknown", "", now, now)
-            self._runs[run_id] = entry
-        return entry
+            run = self._runs[run_id] = {
+                "thread_id": "",
+                "status": "unknown",
+                "machine": "",
+                "created_at": now,
+                "updated_at": now,
+            }
+            self._calls[run_id] = {}
+            self._rounds[run_id] = {}
+        return run
 
     async def record_run(self, run_id: str, thread_id: str, status: str, machine: str) -> None:
-        entry = self._run(run_id)
-        self._runs[run_id] = attrs.evolve(
-            entry,
-            thread_id=thread_id or entry.thread_id,
-            status=status,
-            machine=machine or entry.machine,
-            updated_at=time.time(),
-        )
+        run = self._run(run_id)
+        run["thread_id"] = thread_id or run["thread_id"]
+        run["machine"] = machine or run["machine"]
+        run["status"] = status
+        run["updated_at"] = time.time()
 
     async def call_started(
         self, run_id: str, call_id: str, round: int, name: str, arguments: str
     ) -> None:
-        entry = self._run(run_id)
-        known = entry.calls.get(call_id)
-        if known is not None and known.finished:
-            return
-        call = CallEntry(run_id, call_id, round, name, arguments, started_at=time.time())
-        self._runs[run_id] = attrs.evolve(entry, calls={**entry.calls, call_id: call})
+        self._run(run_id)
+        calls = self._calls[run_id]
+        known = calls.get(call_id)
+        if known is None or not known.finished:
+            calls[call_id] = CallEntry(run_id, call_id, round, name, arguments, time.time())
 
     async def call_finished(
         self,
@@ -205,41 +210,45 @@ class MemoryLedger:
         output: str,
         error: str | None,
     ) -> None:
-        entry = self._run(run_id)
-        known = entry.calls.get(call_id)
+        self._run(run_id)
+        calls = self._calls[run_id]
+        known = calls.get(call_id)
         if known is not None and known.finished:
             return
-        call = CallEntry(
-            run_id,
-            call_id,
-            round,
-            name,
-            arguments,
-            started_at=known.started_at if known is not None else None,
-            finished_at=time.time(),
-            output=output,
-            error=error,
+        started = known.started_at if known is not None else None
+        calls[call_id] = CallEntry(
+            run_id, call_id, round, name, arguments, started, time.time(), output, error
         )
-        self._runs[run_id] = attrs.evolve(entry, calls={**entry.calls, call_id: call})
 
     async def round_submitted(self, run_id: str, round: int, call_ids: frozenset[str]) -> None:
-        entry = self._run(run_id)
-        if any(r.round == round for r in entry.rounds):
-            return
-        added = RoundEntry(run_id, round, frozenset(call_ids), time.time())
-        self._runs[run_id] = attrs.evolve(entry, rounds=(*entry.rounds, added))
+        self._run(run_id)
+        rounds = self._rounds[run_id]
+        if round not in rounds:
+            rounds[round] = RoundEntry(run_id, round, frozenset(call_ids), time.time())
 
     async def round_accepted(self, run_id: str, round: int) -> None:
-        entry = self._run(run_id)
-        now = time.time()
-        rounds = tuple(
-            attrs.evolve(r, accepted_at=now) if r.round == round and not r.accepted else r
-            for r in entry.rounds
+        self._run(run_id)
+        rounds = self._rounds[run_id]
+        entry = rounds.get(round)
+        if entry is not None and not entry.accepted:
+            rounds[round] = attrs.evolve(entry, accepted_at=time.time())
+
+    def _entry(self, run_id: str) -> RunEntry:
+        run = self._runs[run_id]
+        return RunEntry(
+            run_id,
+            run["thread_id"],
+            run["status"],
+            run["machine"],
+            run["created_at"],
+            run["updated_at"],
+            calls=dict(self._calls[run_id]),
+            rounds=tuple(sorted(self._rounds[run_id].values(), key=lambda r: r.round)),
         )
-        self._runs[run_id] = attrs.evolve(entry, rounds=rounds)
 
     async def load(self, run_id: str) -> RunEntry | None:
-        return self._runs.get(run_id)
+        return self._entry(run_id) if run_id in self._runs else None
 
     async def runs(self) -> list[RunEntry]:
-        return sorted(self._runs.values(), key=lambda r: r.created_at)
+        entries = [self._entry(run_id) for run_id in self._runs]
+        return sorted(entries, key=lambda r: r.created_at)
