@@ -32,6 +32,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from runmachine import RunMachine, stream_run, tool
+from runmachine.diagrams import GraphvizNotFound
 from runmachine.encoding import SSE_MEDIA_TYPE
 
 PAGE = Path(__file__).with_name("index.html")
@@ -60,8 +61,10 @@ class ChatMachine(RunMachine):
 def lifecycle_svg() -> str:
     """The lifecycle diagram as inline SVG: each state is a ``<g id="state_<name>">``."""
     try:
-        svg = str(ChatMachine.diagram("svg"))
-    except Exception as exc:  # no Graphviz: the chat still works, without the diagram
+        # Without the ``adopt`` rows (a resumed run's jumps from ``pending``): a chat never
+        # resumes, and the picture stays readable.
+        svg = str(ChatMachine.diagram("svg", omit=("adopt",)))
+    except GraphvizNotFound as exc:  # the chat still works, without the diagram
         return f"<p class='note'>No diagram: {html.escape(str(exc))}</p>"
     return svg[svg.index("<svg") :]
 

@@ -116,8 +116,9 @@ def _machine_class(cls: type[RunMachine] | None) -> type[RunMachine]:
     return cls
 
 
-def _model(cls: type[RunMachine]) -> _Drawing:
-    rows = cls.lifecycle_rows()
+def _model(cls: type[RunMachine], omit: Iterable[str] = ()) -> _Drawing:
+    left_out = frozenset(omit)
+    rows = [row for row in cls.lifecycle_rows() if row.trigger not in left_out]
     states = list(lifecycle.STATES)
     for row in rows:
         for name in (row.source, row.dest):
@@ -452,7 +453,9 @@ def _output(d: _Drawing, format: str) -> str | bytes:
 # --------------------------------------------------------------------------------------------
 
 
-def draw_lifecycle(cls: type[RunMachine] | None = None, format: str = "mermaid") -> str | bytes:
+def draw_lifecycle(
+    cls: type[RunMachine] | None = None, format: str = "mermaid", *, omit: Iterable[str] = ()
+) -> str | bytes:
     """Draw the lifecycle of ``cls`` (``RunMachine`` when omitted) from its table.
 
     Every state and every row of ``cls.lifecycle_rows()`` appears once: server lifecycle events
@@ -460,11 +463,14 @@ def draw_lifecycle(cls: type[RunMachine] | None = None, format: str = "mermaid")
     labelled with its trigger and its guards in brackets. The hooks ``cls`` defines are written on
     the states they run in; event hooks (``on_text_delta`` and friends) in the title.
 
+    ``omit`` leaves out the rows of the named triggers, e.g. ``omit=("adopt",)`` for a smaller
+    picture without the edges a resumed run may take from ``pending`` into any state.
+
     Returns text for ``"mermaid"``, ``"dot"`` and ``"svg"``, bytes for ``"png"``. SVG and PNG need
     Graphviz's ``dot`` program and raise ``GraphvizNotFound`` without it.
     """
     _check_format(format)
-    return _output(_model(_machine_class(cls)), format)
+    return _output(_model(_machine_class(cls), omit), format)
 
 
 def draw_trace(

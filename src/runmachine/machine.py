@@ -258,11 +258,12 @@ class RunMachine:
         return (*lifecycle.TRANSITIONS, *cls.extra_transitions)
 
     @classmethod
-    def diagram(cls, format: str = "mermaid") -> str | bytes:
-        """Draw this class's lifecycle: ``"mermaid"``, ``"dot"``, ``"svg"`` or ``"png"``."""
+    def diagram(cls, format: str = "mermaid", *, omit: Iterable[str] = ()) -> str | bytes:
+        """Draw this class's lifecycle: ``"mermaid"``, ``"dot"``, ``"svg"`` or ``"png"``;
+        ``omit`` names triggers whose rows are left out (``runmachine.diagrams.draw_lifecycle``)."""
         from runmachine.diagrams import draw_lifecycle
 
-        return draw_lifecycle(cls, format=format)
+        return draw_lifecycle(cls, format=format, omit=omit)
 
     @classmethod
     def hooks(cls) -> frozenset[str]:

@@ -356,3 +356,16 @@ def test_the_example_history_follows_the_table() -> None:
     assert all(a.dest == b.source for a, b in itertools.pairwise(history))
     with pytest.raises(ValueError, match="cancel"):
         example_history(["cancel"])
+
+
+def test_omit_leaves_out_the_rows_of_named_triggers() -> None:
+    full = str(draw_lifecycle(RunMachine, format="dot"))
+    small = str(draw_lifecycle(RunMachine, format="dot", omit=("adopt",)))
+    assert "adopt" in full and "adopt" not in small
+    # Every other row stays, and every state.
+    assert small.count("->") == full.count("->") - sum(
+        1 for row in RunMachine.lifecycle_rows() if row.trigger == "adopt"
+    )
+    for state in lifecycle.STATES:
+        assert state in small
+    assert RunMachine.diagram("dot", omit=("adopt",)) == small
