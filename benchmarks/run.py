@@ -806,9 +806,9 @@ def readme_section(results: dict[str, Any]) -> str:
         f"Measured with `{results['command']}` on {results['started'][:10]}: "
         f"{m['cpu']}, {m['cores']} cores, {m['implementation']} {m['python']}, {m['os']}; "
         f"{versions}. Backends: {m['backends']}. The benchmark took "
-        f"{results['duration_s']:.0f} s. The machine was shared with other work while it "
-        "ran, so absolute figures are noisy; the ratios, taken side by side in one process "
-        "run on the same replayed emulator stream, are what to read."
+        f"{results['duration_s']:.0f} s. Absolute figures depend on the machine and on what "
+        "else it runs; the ratios, taken side by side in one process run on the same replayed "
+        "emulator stream, are what to read."
     )
     return "\n".join(
         [
