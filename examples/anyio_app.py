@@ -16,16 +16,14 @@ propagate, so the thread is not left locked. The app then asks the server: that 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import warnings
-from collections.abc import Iterator
 
 import anyio
 import attrs
 import openai
 
-from runmachine import RunMachine, tool
+from runmachine import RunMachine, quiet_deprecation, tool
+from runmachine.testing import emulated
 
 CITIES = ("Paris", "Oslo", "Lima", "Kyoto")
 
@@ -60,18 +58,10 @@ class Outcome:
     text: str = ""
 
 
-@contextlib.contextmanager
-def _quiet_deprecation() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The Assistants API is deprecated", DeprecationWarning)
-        warnings.filterwarnings("ignore", "deprecated$", DeprecationWarning)
-        yield
-
-
 async def converse(
     client: openai.AsyncOpenAI, assistant_id: str, outcome: Outcome, machine: Concierge
 ) -> None:
-    with _quiet_deprecation():
+    with quiet_deprecation():
         await client.beta.threads.messages.create(
             thread_id=outcome.thread_id,
             role="user",
@@ -89,13 +79,13 @@ async def converse(
 
 async def app(client: openai.AsyncOpenAI, model: str = "gpt-4o") -> list[Outcome]:
     """Drive one conversation per city at once; cancel the one stuck waiting for approval."""
-    with _quiet_deprecation():
+    with quiet_deprecation():
         assistant = await client.beta.assistants.create(
             model=model, name="concierge", tools=Concierge.tool_definitions()
         )
     outcomes = []
     for city in CITIES:
-        with _quiet_deprecation():
+        with quiet_deprecation():
             thread = await client.beta.threads.create()
         outcomes.append(Outcome(city, thread.id))
 
@@ -125,7 +115,7 @@ async def app(client: openai.AsyncOpenAI, model: str = "gpt-4o") -> list[Outcome
     assert stuck.run_id is not None
     with anyio.fail_after(30):
         while True:
-            with _quiet_deprecation():
+            with quiet_deprecation():
                 run = await client.beta.threads.runs.retrieve(
                     run_id=stuck.run_id, thread_id=stuck.thread_id
                 )
@@ -149,13 +139,9 @@ def cli() -> None:
     parser.add_argument("--model", default="gpt-4o")
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     args = parser.parse_args()
-    if args.base_url is not None:
-        anyio.run(main, args.base_url, args.model, backend=args.backend)
-        return
-    from runmachine.testing import Emulator
-
-    with Emulator().serve() as base_url:
-        os.environ.setdefault("OPENAI_API_KEY", "emulator")
+    with emulated(args.base_url) as base_url:
+        if args.base_url is None:
+            os.environ.setdefault("OPENAI_API_KEY", "emulator")  # it takes any key
         anyio.run(main, base_url, args.model, backend=args.backend)
 
 

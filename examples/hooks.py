@@ -11,16 +11,15 @@ or against a real endpoint: ``python examples/hooks.py --base-url https://api.op
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import warnings
-from collections.abc import Iterator
+import os
 from typing import Any
 
 import anyio
 import openai
 
-from runmachine import RunMachine, RunResult, ToolCallRecord, tool
+from runmachine import RunMachine, RunResult, ToolCallRecord, quiet_deprecation, tool
+from runmachine.testing import emulated
 
 log = logging.getLogger("support_bot")
 
@@ -78,17 +77,9 @@ class SupportBot(RunMachine):
         return False  # send the error output and let the model deal with it
 
 
-@contextlib.contextmanager
-def _quiet_deprecation() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The Assistants API is deprecated", DeprecationWarning)
-        warnings.filterwarnings("ignore", "deprecated$", DeprecationWarning)
-        yield
-
-
 async def ask(client: openai.AsyncOpenAI, question: str, model: str = "gpt-4o") -> RunResult:
     """Create the assistant and a thread, ask ``question``, and drive the run."""
-    with _quiet_deprecation():
+    with quiet_deprecation():
         assistant = await client.beta.assistants.create(
             model=model, name="support bot", tools=SupportBot.tool_definitions()
         )
@@ -112,15 +103,9 @@ def cli() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
-    if args.base_url is not None:
-        anyio.run(main, args.base_url, args.model)
-        return
-    import os
-
-    from runmachine.testing import Emulator
-
-    with Emulator().serve() as base_url:
-        os.environ.setdefault("OPENAI_API_KEY", "emulator")
+    with emulated(args.base_url) as base_url:
+        if args.base_url is None:
+            os.environ.setdefault("OPENAI_API_KEY", "emulator")  # it takes any key
         anyio.run(main, base_url, args.model)
 
 

@@ -15,17 +15,15 @@ run does not expire. All six outputs still go to the server in one submission.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import time
-import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import openai
 
-from runmachine import RunMachine, RunResult, tool
+from runmachine import RunMachine, RunResult, quiet_deprecation, tool
+from runmachine.testing import emulated
 
 
 class Dashboard(RunMachine):
@@ -89,18 +87,10 @@ QUESTION = (
 )
 
 
-@contextlib.contextmanager
-def _quiet_deprecation() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The Assistants API is deprecated", DeprecationWarning)
-        warnings.filterwarnings("ignore", "deprecated$", DeprecationWarning)
-        yield
-
-
 async def brief(
     client: openai.AsyncOpenAI, model: str = "gpt-4o", deadline_margin: float = 5.0
 ) -> tuple[Dashboard, RunResult]:
-    with _quiet_deprecation():
+    with quiet_deprecation():
         assistant = await client.beta.assistants.create(
             model=model, name="dashboard", tools=Dashboard.tool_definitions()
         )
@@ -129,14 +119,10 @@ def cli() -> None:
     parser.add_argument("--base-url", help="default: the embedded emulator")
     parser.add_argument("--model", default="gpt-4o")
     args = parser.parse_args()
-    if args.base_url is not None:
-        anyio.run(main, args.base_url, args.model)
-        return
-    from runmachine.testing import Emulator
-
-    # Runs on this emulator expire 8 s after they start, so the deadline shows within seconds.
-    with Emulator(run_ttl=8.0).serve() as base_url:
-        os.environ.setdefault("OPENAI_API_KEY", "emulator")
+    # Runs on the emulator expire 8 s after they start, so the deadline shows within seconds.
+    with emulated(args.base_url, run_ttl=8.0) as base_url:
+        if args.base_url is None:
+            os.environ.setdefault("OPENAI_API_KEY", "emulator")  # it takes any key
         anyio.run(main, base_url, args.model)
 
 

@@ -15,16 +15,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import openai
 
-from runmachine import RunMachine, RunResult, tool
+from runmachine import RunMachine, RunResult, quiet_deprecation, tool
+from runmachine.testing import emulated
 
 
 class Shipping(RunMachine):
@@ -46,16 +44,8 @@ class Shipping(RunMachine):
         self.entered.append("completed")
 
 
-@contextlib.contextmanager
-def _quiet_deprecation() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The Assistants API is deprecated", DeprecationWarning)
-        warnings.filterwarnings("ignore", "deprecated$", DeprecationWarning)
-        yield
-
-
 async def _setup(client: openai.AsyncOpenAI, model: str, question: str) -> tuple[str, str]:
-    with _quiet_deprecation():
+    with quiet_deprecation():
         assistant = await client.beta.assistants.create(
             model=model, name="shipping", tools=Shipping.tool_definitions()
         )
@@ -80,7 +70,7 @@ async def by_resume(client: openai.AsyncOpenAI, model: str = "gpt-4o") -> tuple[
     assistant_id, thread_id = await _setup(
         client, model, "What does shipping to Chile cost? call shipping_quote."
     )
-    with _quiet_deprecation():
+    with quiet_deprecation():
         # Started elsewhere, with the plain SDK; nobody is reading it.
         run = await client.beta.threads.runs.create(thread_id=thread_id, assistant_id=assistant_id)
         run = await client.beta.threads.runs.poll(
@@ -109,13 +99,9 @@ def cli() -> None:
     parser.add_argument("--base-url", help="default: the embedded emulator")
     parser.add_argument("--model", default="gpt-4o")
     args = parser.parse_args()
-    if args.base_url is not None:
-        anyio.run(main, args.base_url, args.model)
-        return
-    from runmachine.testing import Emulator
-
-    with Emulator().serve() as base_url:
-        os.environ.setdefault("OPENAI_API_KEY", "emulator")
+    with emulated(args.base_url) as base_url:
+        if args.base_url is None:
+            os.environ.setdefault("OPENAI_API_KEY", "emulator")  # it takes any key
         anyio.run(main, base_url, args.model)
 
 

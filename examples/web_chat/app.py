@@ -19,8 +19,6 @@ import contextlib
 import html
 import socket
 import sys
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -31,9 +29,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from runmachine import RunMachine, stream_run, tool
+from runmachine import RunMachine, quiet_deprecation, stream_run, tool
 from runmachine.diagrams import GraphvizNotFound
 from runmachine.encoding import SSE_MEDIA_TYPE
+from runmachine.testing import emulated
 
 PAGE = Path(__file__).with_name("index.html")
 
@@ -81,8 +80,7 @@ def create_app(client: openai.AsyncOpenAI, assistant_id: str | None = None) -> S
     async def the_assistant() -> str:
         async with lock:
             if "id" not in assistant:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DeprecationWarning)
+                with quiet_deprecation():
                     created = await client.beta.assistants.create(
                         model="gpt-4o",
                         name="web chat",
@@ -101,8 +99,7 @@ def create_app(client: openai.AsyncOpenAI, assistant_id: str | None = None) -> S
         message = str(body.get("message", "")).strip()
         if not message:
             return JSONResponse({"error": "empty message"}, status_code=400)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with quiet_deprecation():
             thread_id = body.get("thread_id") or (await client.beta.threads.create()).id
             await client.beta.threads.messages.create(
                 thread_id=thread_id, role="user", content=message
@@ -117,15 +114,6 @@ def create_app(client: openai.AsyncOpenAI, assistant_id: str | None = None) -> S
         )
 
     return Starlette(routes=[Route("/", index), Route("/api/chat", chat, methods=["POST"])])
-
-
-@contextlib.contextmanager
-def embedded_emulator() -> Iterator[str]:
-    """The package's Assistants emulator on a free loopback port; yields its base URL."""
-    from runmachine.testing import Emulator
-
-    with Emulator(delta_delay=0.03).serve() as base_url:
-        yield base_url
 
 
 async def serve(app: Starlette, sock: socket.socket) -> None:
@@ -155,10 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
-    with sock, contextlib.ExitStack() as stack:
-        base_url = args.base_url or stack.enter_context(embedded_emulator())
-        with contextlib.suppress(KeyboardInterrupt):
-            anyio.run(main_async, args, base_url, sock)
+    # The embedded emulator paces its deltas so the text visibly streams in.
+    with (
+        sock,
+        emulated(args.base_url, delta_delay=0.03) as base_url,
+        contextlib.suppress(KeyboardInterrupt),
+    ):
+        anyio.run(main_async, args, base_url, sock)
     return 0
 
 

@@ -7,6 +7,7 @@ The public names live here. ``runmachine.lifecycle`` holds the lifecycle table i
 from __future__ import annotations
 
 from runmachine import lifecycle
+from runmachine._warnings import quiet_deprecation
 from runmachine.driver import DriverOptions, EventStream
 from runmachine.encoding import encode_event, ndjson_line, sse_event, stream_run
 from runmachine.errors import (
@@ -49,6 +50,7 @@ __all__ = [
     "encode_event",
     "lifecycle",
     "ndjson_line",
+    "quiet_deprecation",
     "sse_event",
     "stream_run",
     "tool",

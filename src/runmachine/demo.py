@@ -26,15 +26,15 @@ import os
 import sys
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import anyio
 import attrs
 
 from runmachine import lifecycle
+from runmachine._warnings import quiet_deprecation
 from runmachine.errors import RunAborted
 from runmachine.machine import RunMachine, TransitionRecord
 from runmachine.tools import ToolError, ToolSpec, encode_output, tool
@@ -71,15 +71,8 @@ TURNS = (
     "and for Oslo? call get_current_temperature and get_rain_probability.",
 )
 
-_DEPRECATION = "The Assistants API is deprecated"
-
-
-@contextmanager
-def _sdk_call() -> Iterator[None]:
-    """Silence the SDK's Assistants deprecation warning around one call."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_DEPRECATION, category=DeprecationWarning)
-        yield
+# The SDK warns on every Assistants call, at call time: silenced around each one.
+_sdk_call = quiet_deprecation
 
 
 # --------------------------------------------------------------------------------------------

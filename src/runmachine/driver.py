@@ -24,7 +24,6 @@ import json
 import math
 import random
 import time
-import warnings
 import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
@@ -39,6 +38,7 @@ from openai.types.beta.threads import Run
 
 from runmachine import lifecycle
 from runmachine._sse import SSEParser, StreamError, build_event
+from runmachine._warnings import quiet_deprecation
 from runmachine.errors import (
     DuplicateSubmission,
     HookError,
@@ -57,16 +57,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DriverOptions", "EventStream"]
 
-_DEPRECATION = "The Assistants API is deprecated"
-
-
-@contextmanager
-def _sdk_call() -> Iterator[None]:
-    """Silence the SDK's Assistants deprecation warning for exactly one call (it fires at call
-    time, synchronously), leaving every other warning alone."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_DEPRECATION, category=DeprecationWarning)
-        yield
+# The SDK warns on every Assistants call, at call time: silenced around each one.
+_sdk_call = quiet_deprecation
 
 
 _NO_RETRY: weakref.WeakKeyDictionary[openai.AsyncOpenAI, openai.AsyncOpenAI] = (

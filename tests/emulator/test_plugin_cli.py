@@ -76,3 +76,39 @@ def test_cli_serves_standalone() -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_emulated_passes_a_given_url_through_or_serves_one() -> None:
+    from runmachine.testing import emulated
+
+    with emulated("https://api.example.test/v1") as url:
+        assert url == "https://api.example.test/v1"
+    with emulated(run_ttl=3.0) as url:
+        assert url.startswith("http://127.0.0.1:")
+        assistant = httpx2.post(f"{url}/assistants", json={"model": "gpt-4o"}).json()
+        thread = httpx2.post(f"{url}/threads", json={}).json()
+        run = httpx2.post(
+            f"{url}/threads/{thread['id']}/runs", json={"assistant_id": assistant["id"]}
+        ).json()
+        assert run["expires_at"] - run["created_at"] == 3
+    with pytest.raises(httpx2.ConnectError):
+        httpx2.get(f"{url}/assistants")
+
+
+def test_quiet_deprecation_silences_only_the_sdks_assistants_warnings() -> None:
+    import warnings
+
+    import openai
+
+    from runmachine import quiet_deprecation
+
+    client = openai.AsyncOpenAI(api_key="x", base_url="http://127.0.0.1:9/v1")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with quiet_deprecation():
+            client.beta.assistants.list()  # the SDK warns when the method is called
+            warnings.warn("something else is deprecated soon", DeprecationWarning, stacklevel=1)
+        client.beta.assistants.list()
+    messages = [str(w.message) for w in seen]
+    assert messages[0] == "something else is deprecated soon"
+    assert len(messages) == 2 and "deprecated" in messages[1]

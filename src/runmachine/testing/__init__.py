@@ -20,7 +20,7 @@ imported only when an app is built or served.
 from __future__ import annotations
 
 from runmachine.testing._model import Faults, HTTPFault, Scenario
-from runmachine.testing._serve import serve
+from runmachine.testing._serve import emulated, serve
 from runmachine.testing._server import Emulator, RunStats
 
-__all__ = ["Emulator", "Faults", "HTTPFault", "RunStats", "Scenario", "serve"]
+__all__ = ["Emulator", "Faults", "HTTPFault", "RunStats", "Scenario", "emulated", "serve"]

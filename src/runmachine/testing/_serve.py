@@ -13,7 +13,7 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from runmachine.testing._server import Emulator
@@ -118,3 +118,21 @@ def serve(
     assert isinstance(config, uvicorn.Config)
     print(f"runmachine emulator: Assistants v2 API at http://{host}:{port}/v1", flush=True)
     uvicorn.Server(config).run()
+
+
+@contextlib.contextmanager
+def emulated(base_url: str | None = None, **options: Any) -> Iterator[str]:
+    """``base_url`` when one is given; otherwise an :class:`Emulator` (built with ``options``)
+    served on loopback for the block, and its URL. The switch a script needs between a real
+    endpoint and the embedded emulator::
+
+        with emulated(args.base_url) as base_url:
+            client = openai.AsyncOpenAI(base_url=base_url, api_key=...)
+    """
+    if base_url is not None:
+        yield base_url
+        return
+    from runmachine.testing._server import Emulator
+
+    with Emulator(**options).serve() as url:
+        yield url
