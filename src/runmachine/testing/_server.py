@@ -941,8 +941,9 @@ class Emulator:
                 ob.list_envelope(items, limit=limit, order=order, after=after, before=before)
             )
 
-    def _start_run_locked(self, thread_id: str, body: JSON, endpoint: str) -> _Run | Response:
-        """Create the run (lock held). Faults are checked against the scenario it would take."""
+    def _run_assistant_locked(self, body: JSON, endpoint: str) -> JSON | Response:
+        """The assistant a run-creating request names, or the answer that refuses it (lock
+        held). Faults are checked first, against the scenario the run would take."""
         assistant_id = body.get("assistant_id")
         pending = self._take_scenario(str(assistant_id)) if assistant_id else None
         fault = self._check_faults(
@@ -957,7 +958,7 @@ class Emulator:
         assistant = self._assistants.get(str(assistant_id))
         if assistant is None:
             return self._no_assistant(str(assistant_id))
-        return self._new_run(thread_id, assistant, body)
+        return assistant
 
     async def _h_create_run(self, request: Request) -> Response:
         thread_id = request.path_params["thread_id"]
@@ -984,9 +985,10 @@ class Emulator:
                 )
             for message in extra_messages:
                 self._add_message(thread_id, message)
-            run = self._start_run_locked(thread_id, body, "create_run")
-            if not isinstance(run, _Run):
-                return run
+            assistant = self._run_assistant_locked(body, "create_run")
+            if not isinstance(assistant, dict):
+                return assistant
+            run = self._new_run(thread_id, assistant, body)
             run.requests.setdefault("create_run", 1)
             events = [("thread.run.created", run.data), ("thread.run.queued", run.data)]
             return self._launch(run, events, bool(body.get("stream")), index=0, lost=False)
@@ -996,20 +998,9 @@ class Emulator:
         if not isinstance(body, dict):
             return body
         with self._lock:
-            assistant_id = body.get("assistant_id")
-            pending = self._take_scenario(str(assistant_id)) if assistant_id else None
-            fault = self._check_faults(
-                "create_thread_and_run",
-                pending.requests if pending is not None else {},
-                pending.scenario.faults if pending is not None else None,
-            )
-            if fault is not None:
-                return fault
-            if not assistant_id:
-                return self._missing("assistant_id")
-            assistant = self._assistants.get(str(assistant_id))
-            if assistant is None:
-                return self._no_assistant(str(assistant_id))
+            assistant = self._run_assistant_locked(body, "create_thread_and_run")
+            if not isinstance(assistant, dict):
+                return assistant
             thread_body = body.get("thread") or {}
             if not isinstance(thread_body, dict):
                 return self._error(400, "Invalid type for 'thread': expected an object.")
