@@ -427,7 +427,7 @@ class Driver:
                 )
 
         # The limit binds only when the round has more calls than it allows.
-        limiter = self.limiter if len(calls) > self.options.tool_concurrency else _nothing_async()
+        limiter = self.limiter if len(calls) > self.options.tool_concurrency else _NO_LIMIT
         with anyio.CancelScope(deadline=deadline) as self.round_scope:
             if len(calls) == 1:
                 await one(calls[0])
@@ -823,7 +823,9 @@ def _nothing() -> Iterator[None]:
     yield
 
 
-class _NothingAsync:
+class _NoLimit:
+    """Stands in for the limiter when a round is within ``tool_concurrency``."""
+
     async def __aenter__(self) -> None:
         return None
 
@@ -831,11 +833,7 @@ class _NothingAsync:
         return None
 
 
-def _nothing_async() -> _NothingAsync:
-    return _NOTHING_ASYNC
-
-
-_NOTHING_ASYNC = _NothingAsync()
+_NO_LIMIT = _NoLimit()
 
 
 class EventStream:
