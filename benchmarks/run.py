@@ -62,6 +62,7 @@ FULL: dict[str, Any] = {
     "paced_bisect": 2,
     "paced_backends": BACKENDS,
     "cost_machines": 2000,
+    "creation_machines": 10000,
 }
 QUICK: dict[str, Any] = {
     **FULL,
@@ -75,6 +76,7 @@ QUICK: dict[str, Any] = {
     "paced_bisect": 0,
     "paced_backends": ("asyncio",),
     "cost_machines": 200,
+    "creation_machines": 1000,
 }
 
 
@@ -454,17 +456,57 @@ def many_runs(port: int, cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _decode(frames: list[bytes]) -> list[Any]:
-    from runmachine._sse import SSEParser, build_event
+    from runmachine.backends.sse import SSEParser, build_event
 
     parser = SSEParser()
     events = [build_event(n, d) for n, d in parser.feed(b"".join(frames))]
     return [e for e in events if e is not None]
 
 
+async def _creation_cost(head: list[Any], count: int) -> dict[str, Any]:
+    """Creating a machine, feeding it the first events of a run and dropping it mid-run, ``count``
+    times: with no other machine alive, then with ``count`` alive; and the memory left after."""
+    from runmachine import RunMachine
+
+    async def churn() -> float:
+        started = time.perf_counter()
+        for _ in range(count):
+            machine = RunMachine()
+            for event in head:
+                await machine.feed(event)
+            del machine
+        return (time.perf_counter() - started) / count
+
+    gc.collect()
+    alone = min([await churn() for _ in range(3)])
+    alive = []
+    for _ in range(count):
+        machine = RunMachine()
+        for event in head:
+            await machine.feed(event)
+        alive.append(machine)
+    crowded = min([await churn() for _ in range(3)])
+    del alive
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    await churn()
+    gc.collect()
+    left = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return {
+        "machines": count,
+        "us_alone": alone * 1e6,
+        "us_with_alive": crowded * 1e6,
+        "ratio": crowded / alone,
+        "bytes_left_after_churn": left,
+    }
+
+
 async def machine_cost(recording: _record.Recording, cfg: dict[str, Any]) -> dict[str, Any]:
     from runmachine import RunMachine
-    from runmachine._sse import SSEParser, build_event
-    from runmachine.machine import TransitionRecord
+    from runmachine.backends.sse import SSEParser, build_event
+    from runmachine.records import TransitionRecord
 
     text = _decode(recording["text"][0])
     lifecycle_events = [e for e in text if e.event.startswith("thread.run.")]
@@ -515,10 +557,10 @@ async def machine_cost(recording: _record.Recording, cfg: dict[str, Any]) -> dic
     ]
     per_record = (tracemalloc.get_traced_memory()[0] - before) / len(records)
     tracemalloc.stop()
-    for m in kept:
-        m.detach()
     del kept, records
+    creation = await _creation_cost(lifecycle_events[:2], cfg["creation_machines"])
     return {
+        "creation": creation,
         "us_per_transition": per_transition * 1e6,
         "transitions_measured": transitions,
         "us_per_delta": {k: v * 1e6 for k, v in per_delta.items()},
@@ -739,6 +781,17 @@ def tables(results: dict[str, Any]) -> str:
             f"| SSE decode + build one delta event | {backend} | "
             f"{c['us_decode_per_delta']:.2f} µs |"
         )
+        made = c.get("creation")
+        if made:
+            add(
+                f"| create, start and drop a machine, none alive / {made['machines']:,} alive | "
+                f"{backend} | {made['us_alone']:.1f} / {made['us_with_alive']:.1f} µs "
+                f"({made['ratio']:.2f} ×) |"
+            )
+            add(
+                f"| memory left after {made['machines']:,} machines created and dropped | "
+                f"{backend} | {made['bytes_left_after_churn']:,.0f} bytes |"
+            )
     c0 = next(iter(results["machine"].values()))
     add(f"| `RunMachine()` instance | - | {c0['bytes_per_machine']:,.0f} bytes |")
     add(f"| history record | - | {c0['bytes_per_history_record']:,.0f} bytes |")

@@ -24,7 +24,7 @@ from runmachine import (
     stream_run,
     tool,
 )
-from runmachine._sse import build_event
+from runmachine.backends.sse import build_event
 from runmachine.encoding import ERROR_EVENT, RESULT_EVENT, TRANSITION_EVENT
 from runmachine.testing import Emulator, Scenario
 

@@ -7,12 +7,16 @@ The public names live here. ``runmachine.lifecycle`` holds the lifecycle table i
 from __future__ import annotations
 
 from runmachine import lifecycle
-from runmachine._warnings import quiet_deprecation
-from runmachine.driver import DriverOptions, EventStream
+from runmachine.core import RunCore
+from runmachine.deprecation import quiet_deprecation
+from runmachine.driver import EventStream
 from runmachine.encoding import encode_event, ndjson_line, sse_event, stream_run
 from runmachine.errors import (
     DuplicateSubmission,
     HookError,
+    LedgerError,
+    MachineBusy,
+    OptionError,
     ProtocolViolation,
     RequiresActionLoop,
     RunAborted,
@@ -20,9 +24,11 @@ from runmachine.errors import (
     ToolFailed,
     TooManyRounds,
 )
-from runmachine.ledger import Ledger, LedgerError, MemoryLedger
-from runmachine.machine import RunMachine, ToleratedEvent, TransitionRecord
-from runmachine.result import RunResult, ToolCallRecord
+from runmachine.ledger import Ledger, MemoryLedger
+from runmachine.machine import RunMachine
+from runmachine.options import DriverOptions
+from runmachine.records import ToleratedEvent, ToolCallRecord, TransitionRecord
+from runmachine.result import RunResult
 from runmachine.sqlite_ledger import SQLiteLedger
 from runmachine.tools import ToolSpec, tool
 
@@ -33,10 +39,13 @@ __all__ = [
     "HookError",
     "Ledger",
     "LedgerError",
+    "MachineBusy",
     "MemoryLedger",
+    "OptionError",
     "ProtocolViolation",
     "RequiresActionLoop",
     "RunAborted",
+    "RunCore",
     "RunMachine",
     "RunMachineError",
     "RunResult",

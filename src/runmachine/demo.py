@@ -34,9 +34,10 @@ import anyio
 import attrs
 
 from runmachine import lifecycle
-from runmachine._warnings import quiet_deprecation
+from runmachine.deprecation import quiet_deprecation
 from runmachine.errors import RunAborted
-from runmachine.machine import RunMachine, TransitionRecord
+from runmachine.machine import RunMachine
+from runmachine.records import TransitionRecord
 from runmachine.tools import ToolError, ToolSpec, encode_output, tool
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ class ToolRow:
 
     name: str
     arguments: str
-    state: Literal["waiting", "running", "done", "failed", "stopped"] = "waiting"
+    state: Literal["waiting", "running", "done", "raised", "stopped"] = "waiting"
     output: str = ""
     started: float | None = None
     finished: float | None = None
@@ -135,7 +136,7 @@ def trace_rows(transitions: Sequence[TransitionRecord]) -> list[tuple[str, str, 
 
 
 def _unvisited(result: RunResult) -> list[str]:
-    seen = {result.status}
+    seen: set[str] = {result.status}
     for step in result.transitions:
         seen.update((step.source, step.dest))
     return [s for s in lifecycle.STATES if s not in seen]
@@ -370,7 +371,7 @@ class RichNarrator:
 
         self.text_done()
         self._commit_rows()
-        self._print(Panel(text, title="failed", border_style="red", expand=False))
+        self._print(Panel(text, title="stopped", border_style="red", expand=False))
 
     def close(self) -> None:
         self.text_done()
@@ -416,11 +417,11 @@ class DemoMachine(RunMachine):
     # Every transition, reported by the state machine before the on_enter hooks run.
     def on_transition(self, record: TransitionRecord) -> None:
         narrator = self.narrator
-        if len(self.stream_errors) > self._errors_seen:
-            self._errors_seen = len(self.stream_errors)
+        if len(self.core.stream_errors) > self._errors_seen:
+            self._errors_seen = len(self.core.stream_errors)
             narrator.text_done()
             narrator.note(
-                f"  the stream broke ({type(self.stream_errors[-1]).__name__}); "
+                f"  the stream broke ({type(self.core.stream_errors[-1]).__name__}); "
                 "the driver polls runs.retrieve and carries on"
             )
         if record.trigger == lifecycle.SUBMIT and self._rows:
@@ -491,7 +492,7 @@ class DemoMachine(RunMachine):
                 try:
                     value = await func(*args, **kwargs)
                 except Exception as exc:
-                    self._finished(row, "failed", f"{type(exc).__name__}: {exc}")
+                    self._finished(row, "raised", f"{type(exc).__name__}: {exc}")
                     raise
                 except BaseException:
                     self._finished(row, "stopped", "")
@@ -506,7 +507,7 @@ class DemoMachine(RunMachine):
             try:
                 value = func(*args, **kwargs)
             except Exception as exc:
-                self._finished(row, "failed", f"{type(exc).__name__}: {exc}")
+                self._finished(row, "raised", f"{type(exc).__name__}: {exc}")
                 raise
             self._finished(row, "done", encode_output(value))
             return value
@@ -611,7 +612,8 @@ def _plan(name: str) -> _Plan:
             slow_seconds=60.0,
         )
     assert name == "submit-5xx"
-    first_submit_fails = HTTPFault("submit_tool_outputs", nth=1, status=500)
+    # The emulator names the endpoint as the table names the trigger that calls it.
+    first_submit_fails = HTTPFault(lifecycle.SUBMIT, nth=1, status=500)
     # attrs' converter=tuple leaves mypy an unsolved type variable for this field.
     faults = Faults(http_errors=[first_submit_fails])
     return _Plan(
@@ -695,7 +697,7 @@ async def _conversation(
                 model=options.model,
                 name="runmachine demo",
                 instructions="You are a weather assistant. Use the tools you are asked to use.",
-                tools=DemoMachine.tool_definitions(),  # type: ignore[arg-type]
+                tools=DemoMachine.tool_definitions(),
             )
         assistant_id = (await request).id
         created_assistant = True

@@ -1,8 +1,10 @@
 """State diagrams drawn from the lifecycle table, so that the picture cannot drift from the code.
 
-Everything here reads ``RunMachine.lifecycle_rows()`` (the shared table in
-``runmachine.lifecycle`` plus a subclass's ``extra_transitions``) and ``RunMachine.hooks()``; it
-keeps no list of states or transitions of its own. Two drawings share one layout:
+Everything here reads a table: ``runmachine.lifecycle.TRANSITIONS`` by default, or a machine
+class's ``lifecycle_rows()`` (the shared table plus a subclass's ``extra_transitions``) and its
+``hooks()``; it keeps no list of states or transitions of its own, and imports nothing above the
+records layer (a machine class is read through the ``Drawable`` protocol). Two drawings share one
+layout:
 
 - ``draw_lifecycle(cls)``: every state and every row of ``cls``'s table, with the hooks ``cls``
   defines written on the states they run in, and the guards on the transitions they guard.
@@ -27,19 +29,18 @@ import textwrap
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
 import attrs
 
 from runmachine import lifecycle
-from runmachine.errors import RunMachineError
-
-if TYPE_CHECKING:
-    from runmachine.machine import RunMachine, TransitionRecord
+from runmachine.errors import GraphvizNotFound, RunMachineError
+from runmachine.records import TransitionRecord
 
 __all__ = [
     "FORMATS",
     "DiagramFormat",
+    "Drawable",
     "GraphvizNotFound",
     "draw_lifecycle",
     "draw_trace",
@@ -51,18 +52,6 @@ __all__ = [
 
 DiagramFormat = Literal["mermaid", "dot", "svg", "png"]
 FORMATS: tuple[str, ...] = ("mermaid", "dot", "svg", "png")
-
-
-class GraphvizNotFound(RunMachineError):
-    """Rendering SVG or PNG needs Graphviz's ``dot`` program, and it is not on ``PATH``."""
-
-    def __init__(self, format: str) -> None:
-        self.format = format
-        super().__init__(
-            f"rendering a diagram as {format!r} needs Graphviz's 'dot' program, which is not on "
-            "PATH; install the graphviz system package (e.g. 'apt-get install graphviz', "
-            "'brew install graphviz'), or draw the 'mermaid' or 'dot' text format instead"
-        )
 
 
 class _Step(Protocol):
@@ -108,32 +97,33 @@ class _Drawing:
     error: str | None = None
 
 
-def _machine_class(cls: type[RunMachine] | None) -> type[RunMachine]:
-    if cls is None:
-        from runmachine.machine import RunMachine
+class Drawable(Protocol):
+    """What a drawing reads of a machine class (``RunMachine`` and its subclasses); its title
+    is the class's ``__name__``."""
 
-        return RunMachine
-    return cls
+    def lifecycle_rows(self) -> tuple[lifecycle.TransitionSpec, ...]: ...
+
+    def hooks(self) -> frozenset[str]: ...
 
 
-def _model(cls: type[RunMachine], omit: Iterable[str] = ()) -> _Drawing:
+#: The title of a drawing of the shared table alone.
+DEFAULT_TITLE = "RunMachine"
+
+
+def _model(cls: Drawable | None, omit: Iterable[str] = ()) -> _Drawing:
     left_out = frozenset(omit)
-    rows = [row for row in cls.lifecycle_rows() if row.trigger not in left_out]
+    table = lifecycle.TRANSITIONS if cls is None else cls.lifecycle_rows()
+    rows = [row for row in table if row.trigger not in left_out]
     states = list(lifecycle.STATES)
     for row in rows:
         for name in (row.source, row.dest):
             if name not in states:
                 states.append(name)
-    hooks = cls.hooks()
+    hooks = frozenset() if cls is None else cls.hooks()
     state_hooks: dict[str, tuple[str, ...]] = {}
     for state in states:
         names = tuple(
-            f"on_{edge}_{state}"
-            for edge in ("enter", "exit")
-            if f"on_{edge}_{state}" in hooks
-            or (
-                state not in lifecycle.STATES and callable(getattr(cls, f"on_{edge}_{state}", None))
-            )
+            f"on_{edge}_{state}" for edge in ("enter", "exit") if f"on_{edge}_{state}" in hooks
         )
         if names:
             state_hooks[state] = names
@@ -150,7 +140,7 @@ def _model(cls: type[RunMachine], omit: Iterable[str] = ()) -> _Drawing:
         for row in rows
     )
     return _Drawing(
-        title=cls.__name__,
+        title=getattr(cls, "__name__", DEFAULT_TITLE),
         states=tuple(states),
         terminal=frozenset(s for s in states if s in lifecycle.TERMINAL_STATES),
         state_hooks=state_hooks,
@@ -454,7 +444,7 @@ def _output(d: _Drawing, format: str) -> str | bytes:
 
 
 def draw_lifecycle(
-    cls: type[RunMachine] | None = None, format: str = "mermaid", *, omit: Iterable[str] = ()
+    cls: Drawable | None = None, format: str = "mermaid", *, omit: Iterable[str] = ()
 ) -> str | bytes:
     """Draw the lifecycle of ``cls`` (``RunMachine`` when omitted) from its table.
 
@@ -470,7 +460,7 @@ def draw_lifecycle(
     Graphviz's ``dot`` program and raise ``GraphvizNotFound`` without it.
     """
     _check_format(format)
-    return _output(_model(_machine_class(cls), omit), format)
+    return _output(_model(cls, omit), format)
 
 
 def draw_trace(
@@ -479,7 +469,7 @@ def draw_trace(
     final_state: str,
     error: str | None = None,
     format: str = "mermaid",
-    machine: type[RunMachine] | None = None,
+    machine: Drawable | None = None,
 ) -> str | bytes:
     """Draw the path one run took on the lifecycle diagram of ``machine`` (``RunMachine``).
 
@@ -489,7 +479,7 @@ def draw_trace(
     stopped there.
     """
     _check_format(format)
-    drawing = _with_trace(_model(_machine_class(machine)), transitions, final_state, error)
+    drawing = _with_trace(_model(machine), transitions, final_state, error)
     return _output(drawing, format)
 
 
@@ -505,17 +495,17 @@ def _check_format(format: str) -> None:
 
 #: The lifecycle events and local triggers of a run with two tool rounds, in order.
 _TWO_ROUNDS: tuple[str, ...] = (
-    "thread.run.created",
-    "thread.run.in_progress",
-    "thread.run.requires_action",
+    lifecycle.RUN_CREATED,
+    lifecycle.RUN_IN_PROGRESS,
+    lifecycle.RUN_REQUIRES_ACTION,
     lifecycle.SUBMIT,
-    "thread.run.queued",
-    "thread.run.in_progress",
-    "thread.run.requires_action",
+    lifecycle.RUN_QUEUED,
+    lifecycle.RUN_IN_PROGRESS,
+    lifecycle.RUN_REQUIRES_ACTION,
     lifecycle.SUBMIT,
-    "thread.run.queued",
-    "thread.run.in_progress",
-    "thread.run.completed",
+    lifecycle.RUN_QUEUED,
+    lifecycle.RUN_IN_PROGRESS,
+    lifecycle.RUN_COMPLETED,
 )
 
 
@@ -523,8 +513,6 @@ def example_history(triggers: Sequence[str] = _TWO_ROUNDS) -> tuple[TransitionRe
     """Walk the table from the initial state through ``triggers`` (a run with two tool rounds
     by default); raises ``ValueError`` if the table does not allow a step. The records carry no
     run id and time 0, so that drawings made from them never change."""
-    from runmachine.machine import TransitionRecord
-
     state = lifecycle.INITIAL_STATE
     steps = []
     for trigger in triggers:

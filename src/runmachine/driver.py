@@ -1,20 +1,20 @@
-"""The driver: everything that talks to the server on behalf of a ``RunMachine``.
+"""The driver: runs the tools, hands over the outputs, and talks to the server through a backend.
 
-It opens streams through the SDK's own HTTP layer (so auth, ``base_url``, Azure, timeouts and
-retries of the initial response stay the SDK's), decodes the SSE itself (``runmachine._sse``),
-feeds every event to the machine, runs each round of tool calls concurrently, submits every
-output once per round and reads the new stream, and recovers by polling when a stream breaks.
+It is written against the core's public API (``runmachine.core.RunCore``) and the backend seam
+(``runmachine.backends.base.Backend``) only: it opens a run's event stream, feeds every event to
+the core, runs each round of tool calls concurrently, submits every output once per round and
+reads what follows, and recovers by polling when a stream breaks.
 
 Guarantees it keeps, whatever happens:
 - every required tool call gets exactly one output (an error output when the tool could not run);
-- one round is never submitted twice: a failed submit is retried only after ``runs.retrieve``
+- one round is never submitted twice: a failed submit is retried only after the run, read back,
   shows the server still waits on that very round;
 - a host cancellation cancels the tools, then the server run (shielded, bounded), then re-raises;
 - a guard error or any other failure also cancels the server run before it propagates, so no
   thread is left locked by an abandoned run.
 
 The lifecycle decisions themselves (which event may move the run where) are the table's
-(``runmachine.lifecycle``); this module never changes ``machine.state`` except by feeding it.
+(``runmachine.lifecycle``); the driver never changes the core's state except through it.
 """
 
 from __future__ import annotations
@@ -22,107 +22,82 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import random
 import time
-import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, TypeVar
 
 import anyio
-import attrs
-import httpx2
-import openai
+from anyio.streams.memory import MemoryObjectReceiveStream
+from openai.types.beta import AssistantStreamEvent
 from openai.types.beta.threads import Run
 
 from runmachine import lifecycle
-from runmachine._sse import SSEParser, StreamError, build_event
-from runmachine._warnings import quiet_deprecation
+from runmachine.backends.base import (
+    Backend,
+    EventSource,
+    RequiredCall,
+    RunRef,
+    StreamLost,
+    is_refusal,
+    is_transient,
+    retry_after,
+)
+from runmachine.core import RunCore, required_call_ids
 from runmachine.errors import (
     DuplicateSubmission,
     HookError,
     RequiresActionLoop,
     RunAborted,
     RunMachineError,
+    ToolError,
     ToolFailed,
     TooManyRounds,
 )
 from runmachine.ledger import CallEntry, Ledger, RoundEntry, RunEntry, interrupted_message
-from runmachine.result import RunResult, ToolCallRecord
-from runmachine.tools import ToolError, ToolSpec, encode_output, error_output
+from runmachine.options import DriverOptions
+from runmachine.records import ToolCallRecord
+from runmachine.result import RunResult
+from runmachine.tools import ToolSpec, encode_output, error_output
 
-if TYPE_CHECKING:
-    from runmachine.machine import RunMachine
+__all__ = ["Driver", "EventStream", "ToolErrorPolicy"]
 
-__all__ = ["DriverOptions", "EventStream"]
-
-# The SDK warns on every Assistants call, at call time: silenced around each one.
-_sdk_call = quiet_deprecation
-
-
-_NO_RETRY: weakref.WeakKeyDictionary[openai.AsyncOpenAI, openai.AsyncOpenAI] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _no_retry_client(client: openai.AsyncOpenAI) -> openai.AsyncOpenAI:
-    """``client.with_options(max_retries=0)``, made once per client.
-
-    Every copy the SDK makes starts without its platform headers and fetches them in a worker
-    thread on its first request (``asyncify(get_platform)``); a copy per run put that thread hop
-    between ``requires_action`` and the submit request of every run's first round.
-    """
-    copy = _NO_RETRY.get(client)
-    if copy is None:
-        copy = _NO_RETRY[client] = client.with_options(max_retries=0)
-    return copy
-
-
-@attrs.frozen
-class DriverOptions:
-    """How a ``RunMachine`` drives its runs. Every field is a keyword of ``RunMachine(...)``."""
-
-    tool_concurrency: int = 16
-    """How many tool calls run at once."""
-    deadline_margin: float = 5.0
-    """Seconds before the run's ``expires_at`` by which the outputs must be submitted."""
-    max_rounds: int = 20
-    max_identical_rounds: int = 3
-    stream: bool = True
-    """False drives the run by polling alone (state hooks fire; delta hooks do not)."""
-    poll_interval: float = 1.0
-    """Seconds between polls when the server sends no ``openai-poll-after-ms``."""
-    max_poll_interval: float = 8.0
-    submit_attempts: int = 4
-    """Attempts at one round's submission when the server did not take it."""
-    cancel_timeout: float = 10.0
-    """Bound on the shielded ``runs.cancel`` made when a run is abandoned."""
-
-
-class _Lost(Exception):
-    """The stream ended without a terminal or ``requires_action`` event (dropped, timed out,
-    errored, undecodable)."""
+#: ``on_tool_error(record, error)``: True fails the whole run instead of sending the error output.
+ToolErrorPolicy = Callable[[ToolCallRecord, BaseException], "Awaitable[bool | None] | bool | None"]
+Sink = Callable[[AssistantStreamEvent], Awaitable[None]]
 
 
 class Driver:
-    """Drives one run of one machine from creation (or adoption) to its end."""
+    """Drives one run, fed into ``core``, from creation (or adoption) to its end.
 
-    def __init__(self, machine: RunMachine, sink: Callable[[Any], Awaitable[None]] | None) -> None:
-        self.m = machine
-        self.options: DriverOptions = machine.options
-        client = machine.client
-        if client is None:
-            raise RunMachineError(
-                "this RunMachine has no client: create it as RunMachine(client) to drive runs"
-            )
-        self.client = client
-        self._no_retry = _no_retry_client(client)
+    ``tools`` are the tools the run may call (methods bound to ``owner``); ``machine_name`` is how
+    the ledger names the machine class (``module:Class``) so that ``runmachine resume`` finds it.
+    """
+
+    def __init__(
+        self,
+        core: RunCore,
+        backend: Backend,
+        *,
+        options: DriverOptions,
+        tools: Mapping[str, ToolSpec],
+        owner: object,
+        ledger: Ledger,
+        machine_name: str,
+        on_tool_error: ToolErrorPolicy | None = None,
+        sink: Sink | None = None,
+    ) -> None:
+        self.core = core
+        self.backend = backend
+        self.options = options
+        self.tools = dict(tools)
+        self.owner = owner
+        self.ledger = ledger
+        self.machine_name = machine_name
+        self.on_tool_error = on_tool_error
         self.sink = sink
-        self.tools: dict[str, ToolSpec] = machine.tool_specs()
         self.records: list[ToolCallRecord] = []
-        self.ledger: Ledger = machine.ledger
-        self.machine_name = f"{type(machine).__module__}:{type(machine).__qualname__}"
         self.sent_here: set[int] = set()
         self.resubmitted: Counter[frozenset[str]] = Counter()
         self.rounds = 0
@@ -130,8 +105,8 @@ class Driver:
         self.last_signature: Counter[tuple[str, str]] | None = None
         self.lost_content = False
         self.error: str | None = None
-        self.limiter = anyio.CapacityLimiter(self.options.tool_concurrency)
-        self.failing: ToolCallRecord | None = None
+        self.limiter = anyio.CapacityLimiter(options.tool_concurrency)
+        self.failing: tuple[ToolCallRecord, BaseException] | None = None
         self.hook_failed: HookError | None = None
         self.round_scope: anyio.CancelScope | None = None
 
@@ -139,65 +114,29 @@ class Driver:
     # Entry points
     # ----------------------------------------------------------------------------------------
 
-    async def create_run(
-        self, thread_id: str, assistant_id: str, params: Mapping[str, Any]
-    ) -> RunResult:
-        runs = self.client.beta.threads.runs
+    async def create(self, request: Any) -> RunResult:
+        """Create the run ``request`` describes (a backend request record) and drive it."""
         if not self.options.stream:
+            return await self._guarded(self._poll_path(request))
+        return await self._guarded(self._stream_path(request, time.time()))
 
-            async def create() -> Run:
-                with _sdk_call():
-                    request = runs.create(thread_id=thread_id, assistant_id=assistant_id, **params)
-                run: Run = await request
-                return run
+    async def resume(self, scope_id: str | None, run_id: str) -> RunResult:
+        """Pick up run ``run_id`` (in ``scope_id``, or where the ledger says) and drive it."""
 
-            return await self._guarded(self._poll_path(create))
-
-        def opener() -> Any:
-            with _sdk_call():
-                return runs.with_streaming_response.create(
-                    thread_id=thread_id, assistant_id=assistant_id, stream=True, **params
-                )
-
-        return await self._guarded(self._stream_path(opener, thread_id, time.time()))
-
-    async def create_thread_and_run(
-        self, assistant_id: str, params: Mapping[str, Any]
-    ) -> RunResult:
-        threads = self.client.beta.threads
-        if not self.options.stream:
-
-            async def create() -> Run:
-                with _sdk_call():
-                    request = threads.create_and_run(assistant_id=assistant_id, **params)
-                run: Run = await request
-                return run
-
-            return await self._guarded(self._poll_path(create))
-
-        def opener() -> Any:
-            with _sdk_call():
-                return threads.with_streaming_response.create_and_run(
-                    assistant_id=assistant_id, stream=True, **params
-                )
-
-        return await self._guarded(self._stream_path(opener))
-
-    async def resume(self, thread_id: str | None, run_id: str) -> RunResult:
         async def adopt() -> None:
             entry = await self.ledger.load(run_id)
-            thread = thread_id or (entry.thread_id if entry is not None else None)
-            if not thread:
+            scope = scope_id or (entry.thread_id if entry is not None else None)
+            if not scope:
                 raise RunMachineError(
                     f"resume(run_id={run_id!r}) needs thread_id: the ledger "
                     f"{self.ledger!r} has no record of that run"
                 )
-            run, _ = await self._retrieve(thread, run_id)
+            run, _ = await self.backend.retrieve(RunRef(run_id, scope))
             # Whatever the run said before now was not seen here: re-read it at the end.
             self.lost_content = True
             if entry is not None:
                 await self._take_over(entry, run)
-            await self.m.adopt(run)
+            await self.core.adopt(run)
             await self._continue()
 
         return await self._guarded(adopt())
@@ -206,62 +145,53 @@ class Driver:
     # The main loop
     # ----------------------------------------------------------------------------------------
 
-    async def _stream_path(
-        self, opener: Callable[[], Any], thread_id: str | None = None, started: float = 0.0
-    ) -> None:
+    async def _stream_path(self, request: Any, started: float) -> None:
         try:
-            await self._read_stream(opener)
-        except _Lost:
+            await self._read(self.backend.open_run(request))
+        except StreamLost:
             self.lost_content = True
-            if self.m.run_id is None:
-                await self._find_created_run(thread_id, started)
+            if self.core.run_id is None:
+                found = await self.backend.find_created(request, started)
+                if found is None:
+                    raise RunMachineError(
+                        "the stream that creates the run broke before the server named the run"
+                    ) from None
+                await self.core.observe_status(found)
         await self._continue()
 
-    async def _find_created_run(self, thread_id: str | None, started: float) -> None:
-        """The creating stream broke before it named the run: find the run on its thread."""
-        if thread_id is not None:
-            with _sdk_call():
-                page = await self.client.beta.threads.runs.list(
-                    thread_id=thread_id, order="desc", limit=1
-                )
-            # Second-resolution timestamps: a run created within the request's second is ours.
-            if page.data and page.data[0].created_at >= int(started) - 1:
-                await self.m.observe_status(page.data[0])
-                return
-        raise RunMachineError(
-            "the stream that creates the run broke before the server named the run"
-            + ("" if thread_id else " (and create-thread-and-run gives no thread to look in)")
-        )
-
-    async def _poll_path(self, create: Callable[[], Awaitable[Run]]) -> None:
-        run = await create()
-        await self.m.observe_status(run)
+    async def _poll_path(self, request: Any) -> None:
+        run = await self.backend.create_run(request)
+        await self.core.observe_status(run)
         await self._continue()
 
     async def _continue(self) -> None:
-        """From whatever state the machine is in, go on until the run ends."""
-        m = self.m
-        while not m.is_finished:
-            if m.state == lifecycle.REQUIRES_ACTION:
+        """From whatever state the core is in, go on until the run ends."""
+        core = self.core
+        while not core.is_finished:
+            if core.state == lifecycle.REQUIRES_ACTION:
                 await self._round()
             else:
                 await self._poll_until_actionable()
         if self.lost_content or not self.options.stream:
             await self._recover_content()
 
+    def _ref(self) -> RunRef:
+        run = self.core.current_run()
+        assert run is not None
+        return self.backend.ref(run)
+
     async def _take_over(self, entry: RunEntry, run: Run) -> None:
         """Resume from the ledger: earlier rounds, their records, what the server took."""
-        m = self.m
         self.rounds = entry.last_round
-        waiting = _required_ids(run) if run.status == "requires_action" else frozenset()
+        waiting = required_call_ids(run) if run.status == lifecycle.REQUIRES_ACTION else frozenset()
         for past in entry.rounds:
             if past.call_ids == waiting:
                 continue
-            if not past.accepted and run.status not in _NOT_PROOF_OF_ACCEPTANCE:
+            if not past.accepted and run.status not in lifecycle.NOT_PROOF_OF_ACCEPTANCE:
                 # The run went past this round, so the server took it: the process that sent
                 # it stopped before it could say so.
                 await self.ledger.round_accepted(run.id, past.round)
-            m.submitted_rounds.add(past.call_ids)
+            self.core.mark_submitted(past.call_ids)
             self.records.extend(
                 _record_from(entry.calls[cid])
                 for cid in sorted(past.call_ids)
@@ -269,11 +199,10 @@ class Driver:
             )
 
     async def _round(self) -> None:
-        """One ``requires_action`` round: guards, tools, one submission, the next stream."""
-        m = self.m
-        run = m.current_run()
-        assert run is not None and run.required_action is not None
-        calls = list(run.required_action.submit_tool_outputs.tool_calls)
+        """One ``requires_action`` round: guards, tools, one submission, what follows."""
+        run = self.core.current_run()
+        assert run is not None
+        calls = self.backend.required_calls(run)
         call_ids = frozenset(c.id for c in calls)
 
         await self.ledger.record_run(run.id, run.thread_id, run.status, self.machine_name)
@@ -294,7 +223,7 @@ class Driver:
         # Calls recorded before a restart keep their round's number.
         recorded = [entry.calls[c.id].round for c in calls if c.id in entry.calls]
         self.rounds = recorded[0] if recorded else max(self.rounds, entry.last_round) + 1
-        signature = Counter((c.function.name, _canonical(c.function.arguments)) for c in calls)
+        signature = Counter((c.name, _canonical(c.arguments)) for c in calls)
         self.identical = self.identical + 1 if signature == self.last_signature else 1
         self.last_signature = signature
         if self.rounds > self.options.max_rounds:
@@ -320,9 +249,12 @@ class Driver:
     async def _same_round_again(self, run: Run, sent: RoundEntry, entry: RunEntry) -> None:
         """The server presents a round whose outputs were already submitted."""
         call_ids = sent.call_ids
-        confirmed, _ = await self._retrieve(run.thread_id, run.id)
-        if confirmed.status != "requires_action" or _required_ids(confirmed) != call_ids:
-            await self.m.observe_status(confirmed)
+        confirmed, _ = await self.backend.retrieve(self.backend.ref(run))
+        if (
+            confirmed.status != lifecycle.REQUIRES_ACTION
+            or required_call_ids(confirmed) != call_ids
+        ):
+            await self.core.observe_status(confirmed)
             return
         if self.resubmitted[call_ids] >= 1:
             await self._abort(
@@ -331,8 +263,8 @@ class Driver:
                 "were submitted twice; the run was cancelled",
             )
         self.resubmitted[call_ids] += 1
-        self.m.submitted_rounds.discard(call_ids)
-        calls = list(confirmed.required_action.submit_tool_outputs.tool_calls)  # type: ignore[union-attr]
+        self.core.forget_submission(call_ids)
+        calls = self.backend.required_calls(confirmed)
         await self._submit(run, sent.round, call_ids, _recorded_outputs(entry, calls))
 
     # ----------------------------------------------------------------------------------------
@@ -340,14 +272,15 @@ class Driver:
     # ----------------------------------------------------------------------------------------
 
     async def _run_tools(
-        self, run: Run, calls: list[Any], round_no: int, entry: RunEntry
+        self, run: Run, calls: list[RequiredCall], round_no: int, entry: RunEntry
     ) -> dict[str, str]:
         results: dict[str, ToolCallRecord] = {}
         starts: dict[str, float] = {}
         deadline = self._round_deadline(run)
         ledger = self.ledger
+        core = self.core
 
-        async def one(call: Any) -> None:
+        async def one(call: RequiredCall) -> None:
             try:
                 await attempt(call)
             except HookError as exc:
@@ -357,16 +290,16 @@ class Driver:
                 assert self.round_scope is not None
                 self.round_scope.cancel()
 
-        async def attempt(call: Any) -> None:
-            name = call.function.name
-            arguments = call.function.arguments
+        async def attempt(call: RequiredCall) -> None:
+            name = call.name
+            arguments = call.arguments
             spec = self.tools.get(name)
             started: float | None = None
             known = entry.calls.get(call.id)
             if known is not None and known.finished:
                 # Recorded by an earlier process: never run again.
                 results[call.id] = _record_from(known)
-                await self._tool_hook("on_tool_finished", results[call.id])
+                await core.call_hook("on_tool_finished", results[call.id])
                 return
             try:
                 if known is not None and spec is not None and not spec.idempotent:
@@ -377,9 +310,9 @@ class Driver:
                         f"no tool named {name!r}; known tools: {sorted(self.tools)}",
                     )
                 kwargs = spec.parse_arguments(arguments)
-                func = spec.bind(self.m)
+                func = spec.bind(self.owner)
                 async with limiter:
-                    await self._tool_hook("on_tool_started", call)
+                    await core.call_hook("on_tool_started", _sdk_call(run, call.id))
                     await ledger.call_started(run.id, call.id, round_no, name, arguments)
                     started = starts[call.id] = time.monotonic()
                     with anyio.fail_after(spec.timeout) if spec.timeout else _nothing():
@@ -395,7 +328,7 @@ class Driver:
                 results[call.id] = ToolCallRecord(
                     call.id, name, arguments, output, None, round_no, started, finished
                 )
-                await self._tool_hook("on_tool_finished", results[call.id])
+                await core.call_hook("on_tool_finished", results[call.id])
             except HookError:
                 raise
             except ToolError as exc:
@@ -439,26 +372,27 @@ class Driver:
         if self.hook_failed is not None:
             raise self.hook_failed
         if self.failing is not None:
-            record = self.failing
+            record, cause = self.failing
             self.records.extend(r for r in results.values() if r is not record)
             self.records.append(record)
             await self._abort(
                 ToolFailed,
                 f"on_tool_error failed the run because of tool call {record.id} "
                 f"({record.name}): {record.error}",
+                cause,
             )
         now = time.monotonic()
         for call in calls:
             if call.id not in results:
                 message = (
-                    f"tool {call.function.name!r} was still running {self.options.deadline_margin}"
+                    f"tool {call.name!r} was still running {self.options.deadline_margin}"
                     " s before the run's expires_at and was cancelled so the run does not expire"
                 )
                 record = ToolCallRecord(
                     call.id,
-                    call.function.name,
-                    call.function.arguments,
-                    error_output("deadline", message, call.function.name),
+                    call.name,
+                    call.arguments,
+                    error_output("deadline", message, call.name),
                     message,
                     round_no,
                     starts.get(call.id),
@@ -474,7 +408,7 @@ class Driver:
     async def _tool_failed(
         self,
         run: Run,
-        call: Any,
+        call: RequiredCall,
         kind: str,
         message: str,
         exc: BaseException,
@@ -484,9 +418,9 @@ class Driver:
     ) -> None:
         record = ToolCallRecord(
             call.id,
-            call.function.name,
-            call.function.arguments,
-            error_output(kind, message, call.function.name),
+            call.name,
+            call.arguments,
+            error_output(kind, message, call.name),
             message,
             round_no,
             started,
@@ -495,10 +429,6 @@ class Driver:
         results[call.id] = record
         await self._finished(run, record)
         await self._maybe_fail_run(record, exc)
-
-    async def _tool_hook(self, name: str, arg: Any) -> None:
-        if name in self.m._overridden:
-            await self.m._hook(name, arg)
 
     async def _finished(self, run: Run, record: ToolCallRecord) -> None:
         await self.ledger.call_finished(
@@ -510,15 +440,21 @@ class Driver:
             record.output,
             record.error,
         )
-        await self._tool_hook("on_tool_finished", record)
+        await self.core.call_hook("on_tool_finished", record)
 
     async def _maybe_fail_run(self, record: ToolCallRecord, exc: BaseException) -> None:
-        decision: Any = self.m.on_tool_error(record, exc)
-        if inspect.isawaitable(decision):
-            decision = await decision
+        if self.on_tool_error is None:
+            return
+        try:
+            decision: Any = self.on_tool_error(record, exc)
+            if inspect.isawaitable(decision):
+                decision = await decision
+        except Exception as error:
+            core = self.core
+            raise HookError("on_tool_error", core.state, core.run_id, error) from error
         if decision and self.failing is None:
             # Raised after the round's task group, not inside it (no exception groups).
-            self.failing = record
+            self.failing = (record, exc)
             if self.round_scope is not None:
                 self.round_scope.cancel()
 
@@ -536,8 +472,10 @@ class Driver:
     async def _submit(
         self, run: Run, round_no: int, call_ids: frozenset[str], outputs: dict[str, str]
     ) -> None:
-        m = self.m
+        core = self.core
         ledger = self.ledger
+        backend = self.backend
+        ref = backend.ref(run)
         await ledger.round_submitted(run.id, round_no, call_ids)
         self.sent_here.add(round_no)
 
@@ -546,65 +484,45 @@ class Driver:
 
         async def moved_on(confirmed: Run) -> None:
             # The run is past this round: the server took it, unless it ended for other reasons.
-            if confirmed.status not in _NOT_PROOF_OF_ACCEPTANCE:
+            if confirmed.status not in lifecycle.NOT_PROOF_OF_ACCEPTANCE:
                 await accepted()
-            await m.observe_status(confirmed)
+            await core.observe_status(confirmed)
 
-        tool_outputs = [{"tool_call_id": cid, "output": out} for cid, out in outputs.items()]
-        runs = self._no_retry.beta.threads.runs
+        streaming = backend.submit_mode(self.options.stream) == "new_stream"
         delay = 0.25
         for attempt in range(1, self.options.submit_attempts + 1):
-            await m.hand_over_outputs(call_ids)
+            await core.hand_over_outputs(call_ids)
             try:
-                if self.options.stream:
-
-                    def opener() -> Any:
-                        with _sdk_call():
-                            return runs.with_streaming_response.submit_tool_outputs(
-                                run_id=run.id,
-                                thread_id=run.thread_id,
-                                tool_outputs=tool_outputs,  # type: ignore[arg-type]
-                                stream=True,
-                            )
-
-                    await self._read_stream(opener, accepted)
+                if streaming:
+                    await self._read(backend.open_submission(ref, outputs), accepted)
                 else:
-                    with _sdk_call():
-                        request = runs.submit_tool_outputs(
-                            run_id=run.id,
-                            thread_id=run.thread_id,
-                            tool_outputs=tool_outputs,  # type: ignore[arg-type]
-                        )
-                    taken = await request
+                    taken = await backend.submit(ref, outputs)
                     await accepted()
-                    await m.observe_status(taken)
+                    await core.observe_status(taken)
                 return
-            except openai.BadRequestError:
-                # Refused: most often the run moved on meanwhile (expired, cancelled, failed).
-                confirmed, _ = await self._retrieve(run.thread_id, run.id)
-                if confirmed.status == "requires_action" and _required_ids(confirmed) == call_ids:
+            except Exception as exc:
+                if is_refusal(exc):
+                    # Refused: most often the run moved on meanwhile (expired, cancelled, ...).
+                    confirmed, _ = await backend.retrieve(ref)
+                    if _waits_on(confirmed, call_ids):
+                        raise
+                    await moved_on(confirmed)
+                    return
+                if not is_transient(exc):
                     raise
-                await moved_on(confirmed)
-                return
-            except (
-                openai.APIConnectionError,
-                openai.InternalServerError,
-                openai.RateLimitError,
-                _Lost,
-            ) as exc:
-                retry_after = _retry_after(exc)
-            if m.state != lifecycle.SUBMITTING:
+                wait = retry_after(exc)
+            if core.state != lifecycle.SUBMITTING:
                 # Events of the new stream arrived before it broke: the round was accepted.
                 await accepted()
                 self.lost_content = True
                 return
-            confirmed, _ = await self._retrieve(run.thread_id, run.id)
-            if confirmed.status == "requires_action" and _required_ids(confirmed) == call_ids:
+            confirmed, _ = await backend.retrieve(ref)
+            if _waits_on(confirmed, call_ids):
                 # The server still waits on this very round: it never took the submission.
-                await m.submission_not_accepted(confirmed)
+                await core.submission_not_accepted(confirmed)
                 if attempt == self.options.submit_attempts:
                     break
-                await anyio.sleep(retry_after if retry_after is not None else delay)
+                await anyio.sleep(wait if wait is not None else delay)
                 delay = min(delay * 2, 8.0)
                 continue
             self.lost_content = True
@@ -620,102 +538,78 @@ class Driver:
     # Streams
     # ----------------------------------------------------------------------------------------
 
-    async def _read_stream(
-        self, opener: Callable[[], Any], opened: Callable[[], Awaitable[None]] | None = None
+    async def _read(
+        self, source: EventSource, opened: Callable[[], Awaitable[None]] | None = None
     ) -> None:
-        """Read one stream to its end, feeding the machine. Raises ``_Lost`` if it ends before a
-        terminal or ``requires_action`` event; HTTP errors before the first byte propagate.
+        """Read one stream to its end, feeding the core. Raises ``StreamLost`` if it ends before
+        a terminal or ``requires_action`` event; HTTP errors before the first byte propagate.
         ``opened`` is awaited once the server has answered 2xx, before the first event."""
-        m = self.m
-        parser = SSEParser()
-        feed = m.feed
+        core = self.core
+        feed = core.feed
         sink = self.sink
         try:
-            async with opener() as response:
+            async with source as events:
                 if opened is not None:
                     await opened()
-                async for chunk in response.http_response.aiter_bytes():
-                    for name, data in parser.feed(chunk):
-                        event = build_event(name, data)
-                        if event is None:
-                            continue  # [DONE]: keep reading so the connection can be reused
-                        await feed(event)
-                        if sink is not None:
-                            await sink(event)
-                for name, data in parser.close():
-                    event = build_event(name, data)
-                    if event is not None:
-                        await feed(event)
-                        if sink is not None:
-                            await sink(event)
-        except openai.APIStatusError:
+                async for event in events:
+                    await feed(event)
+                    if sink is not None:
+                        await sink(event)
+        except StreamLost as exc:
+            core.record_stream_error(exc.__cause__ if exc.__cause__ is not None else exc)
             raise
-        except (StreamError, openai.APIConnectionError, httpx2.TransportError) as exc:
-            m.stream_errors.append(exc)
-            raise _Lost(f"{type(exc).__name__}: {exc}") from exc
-        if m.state not in lifecycle.TERMINAL_STATES and m.state != lifecycle.REQUIRES_ACTION:
-            raise _Lost(f"the stream ended in state {m.state!r}")
+        if core.state not in lifecycle.STREAM_MAY_END:
+            raise StreamLost(f"the stream ended in state {core.state!r}")
 
     # ----------------------------------------------------------------------------------------
     # Polling and recovery
     # ----------------------------------------------------------------------------------------
 
-    async def _retrieve(self, thread_id: str, run_id: str) -> tuple[Run, float | None]:
-        runs = self.client.beta.threads.runs
-        with _sdk_call():
-            request = runs.with_raw_response.retrieve(run_id=run_id, thread_id=thread_id)
-        raw = await request
-        poll_after = raw.headers.get("openai-poll-after-ms")
-        return raw.parse(), (float(poll_after) / 1000 if poll_after else None)
-
     async def _poll_until_actionable(self) -> None:
-        m = self.m
-        assert m.run_id is not None and m.thread_id is not None
+        core = self.core
+        ref = self._ref()
         interval = self.options.poll_interval
         while True:
-            run, poll_after = await self._retrieve(m.thread_id, m.run_id)
-            await m.observe_status(run)
-            if m.is_finished or m.state == lifecycle.REQUIRES_ACTION:
+            run, poll_after = await self.backend.retrieve(ref)
+            await core.observe_status(run)
+            if core.is_finished or core.state == lifecycle.REQUIRES_ACTION:
                 return
             await anyio.sleep(poll_after if poll_after is not None else interval)
             if poll_after is None:
                 interval = min(interval * 1.5, self.options.max_poll_interval)
 
     async def _recover_content(self) -> None:
-        """Text lost with a stream (or never streamed) comes back from ``messages.list``."""
-        m = self.m
-        if m.thread_id is None or m.run_id is None:
+        """Text lost with a stream (or never streamed) comes back from the server."""
+        if self.core.current_run() is None:
             return
-        messages = self.client.beta.threads.messages
-        with _sdk_call():
-            pages = messages.list(thread_id=m.thread_id, run_id=m.run_id, order="asc", limit=100)
-        collected = [message async for message in pages]
-        m.replace_messages(collected)
+        self.core.replace_messages(await self.backend.messages(self._ref()))
 
     # ----------------------------------------------------------------------------------------
     # Ending: results, aborts, cancellation
     # ----------------------------------------------------------------------------------------
 
     def result(self) -> RunResult:
-        m = self.m
-        run = m.current_run()
+        core = self.core
+        run = core.current_run()
         return RunResult(
-            status=m.state,
+            status=core.state,  # type: ignore[arg-type]
             run=run,
-            text=m.text(),
-            messages=tuple(m.final_messages()),
-            run_steps=tuple(m.final_run_steps()),
+            text=core.text(),
+            messages=tuple(core.final_messages()),
+            run_steps=tuple(core.final_run_steps()),
             tool_calls=tuple(self.records),
             rounds=self.rounds,
-            transitions=tuple(m.history),
+            transitions=tuple(core.history),
             usage=run.usage if run is not None else None,
             error=self.error,
         )
 
-    async def _abort(self, kind: type[RunAborted], message: str) -> None:
+    async def _abort(
+        self, kind: type[RunAborted], message: str, cause: BaseException | None = None
+    ) -> None:
         self.error = message
         await self._cancel_server_run()
-        raise kind(message, self.result())
+        raise kind(message, self.result()) from cause
 
     async def _guarded(self, work: Awaitable[None]) -> RunResult:
         """Run ``work``; whatever ends it early, cancel the server run before propagating. The
@@ -735,36 +629,50 @@ class Driver:
             if isinstance(exc, DuplicateSubmission) and exc.result is None:
                 exc.result = self.result()
             raise
-        finally:
-            self.m.detach()
         await self._record_status()
         return self.result()
 
     async def _record_status(self) -> None:
-        m = self.m
-        if m.run_id is not None and m.thread_id is not None:
-            await self.ledger.record_run(m.run_id, m.thread_id, m.state, self.machine_name)
+        core = self.core
+        if core.run_id is not None and core.thread_id is not None:
+            await self.ledger.record_run(core.run_id, core.thread_id, core.state, self.machine_name)
 
     async def _cancel_server_run(self) -> None:
-        m = self.m
-        if m.run_id is None or m.thread_id is None or m.is_finished:
+        core = self.core
+        if core.current_run() is None or core.is_finished:
             return
+        ref = self._ref()
         with anyio.move_on_after(self.options.cancel_timeout, shield=True):
             with suppress(RunMachineError):
-                await m.request_cancel()
+                await core.request_cancel()
             try:
-                with _sdk_call():
-                    request = self._no_retry.beta.threads.runs.cancel(
-                        run_id=m.run_id, thread_id=m.thread_id
-                    )
-                m._remember_run(await request)
-            except openai.APIError:
-                # Already finished, or unreachable: nothing more can be done from here.
-                return
+                core.remember_run(await self.backend.cancel(ref))
+            except Exception as exc:
+                if is_transient(exc) or is_refusal(exc) or _is_api_error(exc):
+                    # Already finished, or unreachable: nothing more can be done from here.
+                    return
+                raise
 
 
-#: Statuses a run can reach without ever taking a pending submission.
-_NOT_PROOF_OF_ACCEPTANCE = frozenset({"expired", "cancelled", "cancelling", "failed"})
+def _is_api_error(error: BaseException) -> bool:
+    import openai
+
+    return isinstance(error, openai.APIError)
+
+
+def _waits_on(run: Run, call_ids: frozenset[str]) -> bool:
+    """The server still waits on the very round made of ``call_ids``."""
+    return run.status == lifecycle.REQUIRES_ACTION and required_call_ids(run) == call_ids
+
+
+def _sdk_call(run: Run, call_id: str) -> Any:
+    """The SDK's ``RequiredActionFunctionToolCall`` for ``call_id`` (what ``on_tool_started``
+    receives)."""
+    assert run.required_action is not None
+    for call in run.required_action.submit_tool_outputs.tool_calls:
+        if call.id == call_id:
+            return call
+    raise AssertionError(call_id)
 
 
 def _record_from(call: CallEntry) -> ToolCallRecord:
@@ -775,7 +683,7 @@ def _record_from(call: CallEntry) -> ToolCallRecord:
     )
 
 
-def _recorded_outputs(entry: RunEntry, calls: Iterable[Any]) -> dict[str, str]:
+def _recorded_outputs(entry: RunEntry, calls: Iterable[RequiredCall]) -> dict[str, str]:
     outputs: dict[str, str] = {}
     for c in calls:
         known = entry.calls.get(c.id)
@@ -788,34 +696,11 @@ def _recorded_outputs(entry: RunEntry, calls: Iterable[Any]) -> dict[str, str]:
     return outputs
 
 
-def _required_ids(run: Run) -> frozenset[str]:
-    if run.required_action is None:
-        return frozenset()
-    return frozenset(c.id for c in run.required_action.submit_tool_outputs.tool_calls)
-
-
 def _canonical(arguments: str) -> str:
     try:
         return json.dumps(json.loads(arguments), sort_keys=True, separators=(",", ":"))
     except ValueError:
         return arguments
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if not headers:
-        return None
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value:
-            try:
-                seconds = float(value) * scale
-            except ValueError:
-                continue
-            if 0 < seconds <= 60:
-                return seconds + random.uniform(0, 0.05)
-    return None
 
 
 @contextmanager
@@ -836,12 +721,51 @@ class _NoLimit:
 _NO_LIMIT = _NoLimit()
 
 
-class EventStream:
-    """The SDK events of a driven run, across every handoff; ``result`` once it has ended."""
+T = TypeVar("T")
 
-    def __init__(self, receive: Any) -> None:
+
+class EventStream(Generic[T]):
+    """The SDK events of a driven run, across every handoff (and, when asked, its transitions);
+    ``result`` once it has ended. An error that ended the run is raised by the iteration, once
+    every item before it has been read."""
+
+    def __init__(self, receive: MemoryObjectReceiveStream[Any]) -> None:
         self._receive = receive
-        self.result: RunResult | None = None
+        self._result: RunResult | None = None
+        self._error: Exception | None = None
+        self._error_seen = False
 
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._receive.__aiter__()  # type: ignore[no-any-return]
+    @property
+    def result(self) -> RunResult:
+        """The run's ``RunResult``; ``RuntimeError`` before the run has ended."""
+        if self._result is None:
+            raise RuntimeError("the run has not ended yet: read the events to their end first")
+        return self._result
+
+    @property
+    def finished(self) -> bool:
+        """The run has ended, with a result or with an error."""
+        return self._result is not None or self._error is not None
+
+    def set_result(self, result: RunResult) -> None:
+        self._result = result
+
+    def set_error(self, error: Exception) -> None:
+        self._error = error
+
+    def raise_unseen_error(self) -> None:
+        """Raise the run's error if the iteration has not raised it already."""
+        if self._error is not None and not self._error_seen:
+            self._error_seen = True
+            raise self._error
+
+    def __aiter__(self) -> EventStream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            item: T = await self._receive.receive()
+        except anyio.EndOfStream:
+            self.raise_unseen_error()
+            raise StopAsyncIteration from None
+        return item

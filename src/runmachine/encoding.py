@@ -14,24 +14,26 @@ machine's own state changes and the final result become a sequence of JSON objec
 - ``runmachine.error``: what stopped the run, last, when the driver raised.
 
 Per item: :func:`encode_event` (the JSON object), :func:`sse_event` and :func:`ndjson_line`
-(bytes). A whole run: :func:`stream_run` drives it and yields the bytes, an async iterator that a
-Starlette ``StreamingResponse`` takes as its body.
+(bytes). A whole run, built on the public ``machine.stream(..., transitions=True)``:
+:class:`RunResponse`, an ASGI response that owns the run for as long as the client listens;
+:func:`encoded`, an async context manager whose body is the bytes; and :func:`stream_run`, the
+same bytes as an async generator for frameworks that only take one.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any, Literal, TypeAlias, TypedDict
 
 import anyio
 
 from runmachine import lifecycle
-from runmachine.machine import TransitionRecord
+from runmachine.driver import EventStream
+from runmachine.machine import RunMachine
+from runmachine.records import TransitionRecord
 from runmachine.result import RunResult
-
-if TYPE_CHECKING:
-    from runmachine.machine import RunMachine
 
 __all__ = [
     "ERROR_EVENT",
@@ -40,8 +42,10 @@ __all__ = [
     "SSE_MEDIA_TYPE",
     "TRANSITION_EVENT",
     "EncodedEvent",
+    "RunResponse",
     "StreamItem",
     "encode_event",
+    "encoded",
     "ndjson_line",
     "sse_event",
     "stream_run",
@@ -173,29 +177,126 @@ def _encoder(format: Format) -> Callable[[StreamItem], bytes]:
 # --------------------------------------------------------------------------------------------
 
 
-class _Rows:
-    """Reads ``machine.history`` at the moment each stream event has been fed, so every row is
-    placed exactly: the row an event caused right after it, rows without an event of their own
-    (local triggers, polling) before the next event."""
+@asynccontextmanager
+async def encoded(
+    machine: RunMachine,
+    *,
+    thread_id: str,
+    assistant_id: str,
+    format: Format = "sse",
+    **params: Any,
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """Drive a run and give its body, encoded, to iterate within the block::
 
-    def __init__(self, machine: RunMachine) -> None:
+        async with encoded(machine, thread_id=t, assistant_id=a) as body:
+            async for chunk in body:
+                ...
+
+    Built on ``machine.stream(..., transitions=True)``: each stream event is encoded as soon as
+    the machine has been fed it, and the machine's transitions sit exactly where they happened.
+    The last item is ``runmachine.result``; if the run ends with an ``Exception`` (a guard, an
+    HTTP error) it is ``runmachine.error`` instead and the body still ends normally, so the
+    client learns what happened. Leaving the block early cancels the run: the tools, then the
+    server run. The block owns the task that drives the run, so it is safe to leave it at any
+    point, by ``break``, an exception or a cancellation.
+    """
+    encode = _encoder(format)
+    async with machine.stream(
+        thread_id=thread_id, assistant_id=assistant_id, transitions=True, **params
+    ) as events:
+        yield _Body(events, encode)
+
+
+class _Body:
+    """The encoded items of one ``EventStream``, ending with its result or its error."""
+
+    def __init__(self, events: EventStream[Any], encode: Callable[[StreamItem], bytes]) -> None:
+        self._events = events
+        self._encode = encode
+        self._done = False
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._events.__anext__()
+        except StopAsyncIteration:
+            self._done = True
+            return self._encode(self._events.result)
+        except Exception as error:
+            self._done = True
+            return self._encode(error)
+        return self._encode(item)
+
+
+class RunResponse:
+    """An ASGI response that drives a run and streams it to the client::
+
+        async def chat(request):
+            return RunResponse(machine, thread_id=t, assistant_id=a)   # Starlette, FastAPI, ...
+
+    It owns the task group that drives the run for as long as the response lasts: when the
+    client goes away mid-stream, the run is cancelled (the tools, then the server run), and
+    the response ends. ``format`` is ``"sse"`` (``text/event-stream``) or ``"ndjson"``.
+    """
+
+    def __init__(
+        self,
+        machine: RunMachine,
+        *,
+        thread_id: str,
+        assistant_id: str,
+        format: Format = "sse",
+        headers: Mapping[str, str] | None = None,
+        **params: Any,
+    ) -> None:
+        _encoder(format)
         self.machine = machine
-        self.sent = 0
+        self.thread_id = thread_id
+        self.assistant_id = assistant_id
+        self.format = format
+        self.headers = dict(headers or {})
+        self.params = params
+        self.media_type = SSE_MEDIA_TYPE if format == "sse" else NDJSON_MEDIA_TYPE
 
-    def around(self, event: Any) -> list[StreamItem]:
-        history = self.machine.history
-        new = history[self.sent :]
-        self.sent = len(history)
-        name = getattr(event, "event", None)
-        if new and name in lifecycle.LIFECYCLE_EVENTS and new[-1].trigger == name:
-            return [*new[:-1], event, new[-1]]
-        return [*new, event]
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        headers = {"cache-control": "no-cache", **self.headers, "content-type": self.media_type}
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
+            }
+        )
+        async with anyio.create_task_group() as tg:
 
-    def rest(self) -> list[StreamItem]:
-        history = self.machine.history
-        new = history[self.sent :]
-        self.sent = len(history)
-        return list(new)
+            async def watch_disconnect() -> None:
+                while True:
+                    message = await receive()
+                    if message.get("type") == "http.disconnect":
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(watch_disconnect)
+            async with encoded(
+                self.machine,
+                thread_id=self.thread_id,
+                assistant_id=self.assistant_id,
+                format=self.format,
+                **self.params,
+            ) as body:
+                async for chunk in body:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            tg.cancel_scope.cancel()
 
 
 async def stream_run(
@@ -206,47 +307,18 @@ async def stream_run(
     format: Format = "sse",
     **params: Any,
 ) -> AsyncIterator[bytes]:
-    """Drive a run, as ``machine.stream(...)`` does, and yield it encoded, ready to be the body
-    of a response::
+    """The body of ``encoded(...)`` as an async generator, for frameworks that take one::
 
         body = stream_run(machine, thread_id=thread_id, assistant_id=assistant_id)
         return StreamingResponse(body, media_type=SSE_MEDIA_TYPE)
 
-    ``format`` is ``"sse"`` or ``"ndjson"``; ``params`` go to ``runs.create``. Each stream event
-    is encoded as soon as the machine has been fed it, so its data is the event as it arrived
-    and the machine's transitions sit exactly where they happened. The last item is
-    ``runmachine.result``; if the driver raises an ``Exception`` (a guard, an HTTP error) it is
-    ``runmachine.error`` instead and the body still ends normally, so the client learns what
-    happened. Closing the iterator early (the client went away) cancels the run: the tools,
-    then the server run.
+    An async generator cannot own the task that drives the run safely: close it where you
+    opened it (``async with contextlib.aclosing(stream_run(...)) as body``), or, better, use
+    ``RunResponse`` (an ASGI response) or ``encoded()`` (an async context manager), which own
+    it. Closing it early cancels the run: the tools, then the server run.
     """
-    encode = _encoder(format)
-    rows = _Rows(machine)
-    send, receive = anyio.create_memory_object_stream[bytes](64)
-
-    async def sink(event: Any) -> None:
-        for item in rows.around(event):
-            await send.send(encode(item))
-
-    async def produce() -> None:
-        async with send:
-            last: StreamItem
-            try:
-                last = await machine._drive(
-                    lambda d: d.create_run(thread_id, assistant_id, params), sink=sink
-                )
-            except Exception as error:
-                last = error
-            for record in rows.rest():
-                await send.send(encode(record))
-            await send.send(encode(last))
-
-    async with anyio.create_task_group() as tg, receive:
-        tg.start_soon(produce)
-        try:
-            async for chunk in receive:
-                yield chunk
-        except GeneratorExit:
-            # Closed early: the driver is cancelled (tools, then the server run) and the
-            # generator ends here, instead of the task group wrapping GeneratorExit in a group.
-            tg.cancel_scope.cancel()
+    async with encoded(
+        machine, thread_id=thread_id, assistant_id=assistant_id, format=format, **params
+    ) as body:
+        async for chunk in body:
+            yield chunk

@@ -13,18 +13,61 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DuplicateSubmission",
+    "GraphvizNotFound",
     "HookError",
+    "LedgerError",
+    "MachineBusy",
+    "OptionError",
     "ProtocolViolation",
     "RequiresActionLoop",
     "RunAborted",
     "RunMachineError",
     "TooManyRounds",
+    "ToolError",
     "ToolFailed",
 ]
 
 
 class RunMachineError(Exception):
     """Base class of every error raised by runmachine."""
+
+
+class OptionError(RunMachineError, TypeError, ValueError):
+    """An option given to ``RunMachine(...)`` (or another constructor) that is unknown, of the
+    wrong type or out of range. The message names the option, what was given and what is
+    accepted; raised at construction, before anything runs."""
+
+
+class MachineBusy(RunMachineError):
+    """A ``RunMachine`` was asked to drive a run while it is driving another one."""
+
+
+class LedgerError(RunMachineError):
+    """A ledger that cannot be used: a file from a newer runmachine, a corrupt file, a file that
+    is not a ledger. The message names the file and what is wrong with it."""
+
+
+class ToolError(RunMachineError):
+    """A tool call that could not produce a normal output; ``kind`` says why (``invalid_json``,
+    ``invalid_arguments``, ``unknown_tool``, ``interrupted``, ...). The driver turns it into the
+    call's structured error output; it never escapes a run."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        self.message = message
+        super().__init__(f"{kind}: {message}")
+
+
+class GraphvizNotFound(RunMachineError):
+    """Rendering SVG or PNG needs Graphviz's ``dot`` program, and it is not on ``PATH``."""
+
+    def __init__(self, format: str) -> None:
+        self.format = format
+        super().__init__(
+            f"rendering a diagram as {format!r} needs Graphviz's 'dot' program, which is not on "
+            "PATH; install the graphviz system package (e.g. 'apt-get install graphviz', "
+            "'brew install graphviz'), or draw the 'mermaid' or 'dot' text format instead"
+        )
 
 
 class ProtocolViolation(RunMachineError):

@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from runmachine.errors import LedgerError
 from runmachine.tools import error_output
 
 __all__ = [
@@ -40,11 +41,6 @@ __all__ = [
     "interrupted_message",
     "interrupted_output",
 ]
-
-
-class LedgerError(Exception):
-    """A ledger that cannot be used: a file from a newer runmachine, a corrupt file, a file that
-    is not a ledger. The message names the file and what is wrong with it."""
 
 
 @attrs.frozen

@@ -19,6 +19,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from runmachine import lifecycle
+
 if TYPE_CHECKING:
     import openai
 
@@ -180,7 +182,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         )
         if result.text:
             print(result.text)
-        return EXIT_OK if result.status == "completed" else EXIT_NOT_COMPLETED
+        return EXIT_OK if result.status == lifecycle.COMPLETED else EXIT_NOT_COMPLETED
 
     try:
         return anyio.run(main)

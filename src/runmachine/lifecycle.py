@@ -6,7 +6,9 @@ Rules of this module, in the spirit of h11's ``_state.py``:
   and as much of it as possible is plain data (``TRANSITIONS``). The machine (``RunMachine``), the
   diagrams and the driver's guards all read this table; none of them keeps a copy of it.
 - Nothing here does I/O, knows about HTTP, or holds per-run data. The guards are pure functions of
-  the values they are given.
+  a ``GuardContext``, named in ``GUARDS``.
+- Nothing else in the package spells a state, a status or an event name: every module (the core,
+  the driver, the backends, the diagrams, the encoder, the demo) reads them from here.
 - Triggers are named after what causes them: a server lifecycle event by its SSE event name
   (``"thread.run.requires_action"``), a local action by a verb (``"submit_tool_outputs"``,
   ``"cancel"``, ``"adopt"``).
@@ -18,39 +20,83 @@ never move the state; the table only says in which states they may arrive (``acc
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection, Iterable, Mapping
-from typing import Final, Literal
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Final, Literal, TypeAlias, get_args
 
 import attrs
 
 __all__ = [
+    "ACTIVE_STATES",
     "ADOPT",
     "CANCEL",
+    "CANCELLABLE_STATES",
+    "CLOSES_TOOL_CALL",
     "CONTENT_EVENTS",
+    "ERROR_EVENT",
     "EVENT_STATE",
     "GUARDS",
     "INITIAL_STATE",
     "LIFECYCLE_EVENTS",
     "LOCAL_TRIGGERS",
     "NOT_ACCEPTED",
+    "NOT_PROOF_OF_ACCEPTANCE",
+    "SERVER_EVENT_TRANSITIONS",
     "STATES",
+    "STREAM_MAY_END",
     "SUBMIT",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "EventKind",
     "Guard",
+    "GuardContext",
+    "RunStatus",
+    "State",
+    "TerminalState",
     "TransitionSpec",
     "accepts_content",
     "classify",
+    "find_row",
     "outputs_match_required_calls",
     "path_to_status",
     "round_not_submitted_before",
+    "rows_from",
+    "run_still_requires_the_same_round",
     "targets",
 ]
 
 # --------------------------------------------------------------------------------------------
-# States
+# States and statuses
 # --------------------------------------------------------------------------------------------
+
+#: A run's status as the server reports it (the SDK's ``Run.status``).
+RunStatus: TypeAlias = Literal[
+    "queued",
+    "in_progress",
+    "requires_action",
+    "cancelling",
+    "cancelled",
+    "failed",
+    "completed",
+    "incomplete",
+    "expired",
+]
+#: A state of the machine: every server status, plus ``pending`` (no run on the server yet) and
+#: ``submitting`` (outputs handed over, the server's answer not seen yet).
+State: TypeAlias = Literal[
+    "pending",
+    "queued",
+    "in_progress",
+    "requires_action",
+    "submitting",
+    "cancelling",
+    "completed",
+    "failed",
+    "cancelled",
+    "expired",
+    "incomplete",
+]
+#: The states a run ends in.
+TerminalState: TypeAlias = Literal["completed", "failed", "cancelled", "expired", "incomplete"]
 
 PENDING: Final = "pending"
 QUEUED: Final = "queued"
@@ -66,41 +112,53 @@ INCOMPLETE: Final = "incomplete"
 
 INITIAL_STATE: Final = PENDING
 #: Every state, in the order a run usually meets them; ``pending``: the server has no run yet.
-STATES: Final[tuple[str, ...]] = (
-    PENDING,
-    QUEUED,
-    IN_PROGRESS,
-    REQUIRES_ACTION,
-    SUBMITTING,
-    CANCELLING,
-    COMPLETED,
-    FAILED,
-    CANCELLED,
-    EXPIRED,
-    INCOMPLETE,
-)
-TERMINAL_STATES: Final[frozenset[str]] = frozenset(
-    {COMPLETED, FAILED, CANCELLED, EXPIRED, INCOMPLETE}
-)
+STATES: Final[tuple[str, ...]] = get_args(State)
+TERMINAL_STATES: Final[frozenset[str]] = frozenset(get_args(TerminalState))
+#: The states in which the server is working on the run (or waiting on the client for it).
+ACTIVE_STATES: Final[tuple[str, ...]] = (QUEUED, IN_PROGRESS, REQUIRES_ACTION, SUBMITTING)
+#: Where a local cancel request may be made; it moves the run to ``cancelling``.
+CANCELLABLE_STATES: Final[tuple[str, ...]] = ACTIVE_STATES
+#: States in which a stream may end without having been lost: the run is over, or it waits on
+#: the client's tool outputs.
+STREAM_MAY_END: Final[frozenset[str]] = TERMINAL_STATES | {REQUIRES_ACTION}
+#: Statuses a run can reach without ever taking a pending submission: seeing one of them after a
+#: submit is no proof that the server took the outputs.
+NOT_PROOF_OF_ACCEPTANCE: Final[frozenset[str]] = frozenset({EXPIRED, CANCELLED, CANCELLING, FAILED})
 
 # --------------------------------------------------------------------------------------------
-# Triggers
+# Events and triggers
 # --------------------------------------------------------------------------------------------
+
+RUN_CREATED: Final = "thread.run.created"
+RUN_QUEUED: Final = "thread.run.queued"
+RUN_IN_PROGRESS: Final = "thread.run.in_progress"
+RUN_REQUIRES_ACTION: Final = "thread.run.requires_action"
+RUN_COMPLETED: Final = "thread.run.completed"
+RUN_FAILED: Final = "thread.run.failed"
+RUN_CANCELLING: Final = "thread.run.cancelling"
+RUN_CANCELLED: Final = "thread.run.cancelled"
+RUN_EXPIRED: Final = "thread.run.expired"
+RUN_INCOMPLETE: Final = "thread.run.incomplete"
 
 #: The server's lifecycle events and the run status each one announces.
 EVENT_STATE: Final[Mapping[str, str]] = {
-    "thread.run.created": QUEUED,
-    "thread.run.queued": QUEUED,
-    "thread.run.in_progress": IN_PROGRESS,
-    "thread.run.requires_action": REQUIRES_ACTION,
-    "thread.run.completed": COMPLETED,
-    "thread.run.failed": FAILED,
-    "thread.run.cancelling": CANCELLING,
-    "thread.run.cancelled": CANCELLED,
-    "thread.run.expired": EXPIRED,
-    "thread.run.incomplete": INCOMPLETE,
+    RUN_CREATED: QUEUED,
+    RUN_QUEUED: QUEUED,
+    RUN_IN_PROGRESS: IN_PROGRESS,
+    RUN_REQUIRES_ACTION: REQUIRES_ACTION,
+    RUN_COMPLETED: COMPLETED,
+    RUN_FAILED: FAILED,
+    RUN_CANCELLING: CANCELLING,
+    RUN_CANCELLED: CANCELLED,
+    RUN_EXPIRED: EXPIRED,
+    RUN_INCOMPLETE: INCOMPLETE,
 }
 LIFECYCLE_EVENTS: Final[frozenset[str]] = frozenset(EVENT_STATE)
+#: The lifecycle events that end a stream's part of the run (the SDK's handler closes the open
+#: tool call on each of them): every terminal event, and ``requires_action``.
+CLOSES_TOOL_CALL: Final[frozenset[str]] = frozenset(
+    event for event, state in EVENT_STATE.items() if state in STREAM_MAY_END
+)
 
 #: Tool outputs handed to the server, all of them, in one request.
 SUBMIT: Final = "submit_tool_outputs"
@@ -113,25 +171,44 @@ ADOPT: Final = "adopt"
 NOT_ACCEPTED: Final = "submission_not_accepted"
 LOCAL_TRIGGERS: Final[tuple[str, ...]] = (SUBMIT, CANCEL, ADOPT, NOT_ACCEPTED)
 
+THREAD_CREATED: Final = "thread.created"
+STEP_CREATED: Final = "thread.run.step.created"
+STEP_IN_PROGRESS: Final = "thread.run.step.in_progress"
+STEP_DELTA: Final = "thread.run.step.delta"
+STEP_COMPLETED: Final = "thread.run.step.completed"
+STEP_FAILED: Final = "thread.run.step.failed"
+STEP_CANCELLED: Final = "thread.run.step.cancelled"
+STEP_EXPIRED: Final = "thread.run.step.expired"
+MESSAGE_CREATED: Final = "thread.message.created"
+MESSAGE_IN_PROGRESS: Final = "thread.message.in_progress"
+MESSAGE_DELTA: Final = "thread.message.delta"
+MESSAGE_COMPLETED: Final = "thread.message.completed"
+MESSAGE_INCOMPLETE: Final = "thread.message.incomplete"
+ERROR_EVENT: Final = "error"
+
+#: Step events that end a run step.
+STEP_DONE_EVENTS: Final[frozenset[str]] = frozenset(
+    {STEP_COMPLETED, STEP_FAILED, STEP_CANCELLED, STEP_EXPIRED}
+)
+#: Message events that end a message.
+MESSAGE_DONE_EVENTS: Final[frozenset[str]] = frozenset({MESSAGE_COMPLETED, MESSAGE_INCOMPLETE})
 #: Stream events that carry content, never move the state, and take the fast path.
 CONTENT_EVENTS: Final[frozenset[str]] = frozenset(
     {
-        "thread.created",
-        "thread.run.step.created",
-        "thread.run.step.in_progress",
-        "thread.run.step.delta",
-        "thread.run.step.completed",
-        "thread.run.step.failed",
-        "thread.run.step.cancelled",
-        "thread.run.step.expired",
-        "thread.message.created",
-        "thread.message.in_progress",
-        "thread.message.delta",
-        "thread.message.completed",
-        "thread.message.incomplete",
-        "error",
+        THREAD_CREATED,
+        STEP_CREATED,
+        STEP_IN_PROGRESS,
+        STEP_DELTA,
+        *STEP_DONE_EVENTS,
+        MESSAGE_CREATED,
+        MESSAGE_IN_PROGRESS,
+        MESSAGE_DELTA,
+        *MESSAGE_DONE_EVENTS,
+        ERROR_EVENT,
     }
 )
+#: Content events that may arrive before the server has named the run.
+BEFORE_RUN_EVENTS: Final[frozenset[str]] = frozenset({THREAD_CREATED, ERROR_EVENT})
 
 # --------------------------------------------------------------------------------------------
 # Guards
@@ -139,12 +216,17 @@ CONTENT_EVENTS: Final[frozenset[str]] = frozenset(
 
 
 @attrs.frozen
-class Guard:
-    """A named condition on a transition. ``error`` names the exception raised when it fails."""
+class GuardContext:
+    """What a guard may look at: the run as last reported, and the submission under way."""
 
-    name: str
-    description: str
-    error: str
+    status: str | None
+    """The run's status as the server last reported it (``None`` before any report)."""
+    required: frozenset[str] = frozenset()
+    """The call ids the run's ``requires_action`` asks for."""
+    outputs: frozenset[str] = frozenset()
+    """The call ids of the outputs being handed over (``submit_tool_outputs``)."""
+    submitted: Collection[frozenset[str]] = frozenset()
+    """The rounds (sets of call ids) submitted before."""
 
 
 def outputs_match_required_calls(required: Collection[str], outputs: Collection[str]) -> bool:
@@ -159,30 +241,62 @@ def round_not_submitted_before(
     return frozenset(call_ids) not in submitted_rounds
 
 
+def run_still_requires_the_same_round(context: GuardContext) -> bool:
+    """The server still waits on the very round that was submitted."""
+    return context.status == REQUIRES_ACTION and context.required in context.submitted
+
+
+@attrs.frozen
+class Guard:
+    """A named condition on a transition. ``error`` names the exception raised when it fails
+    (a class of ``runmachine.errors``); ``check`` is the pure function that decides."""
+
+    name: str
+    description: str
+    error: str
+    check: Callable[[GuardContext], bool] = attrs.field(eq=False, repr=False)
+
+
+def _status_is(state: str) -> Callable[[GuardContext], bool]:
+    def check(context: GuardContext) -> bool:
+        return context.status == state
+
+    check.__name__ = f"run_status_is_{state}"
+    return check
+
+
+#: States a run found on the server may be adopted in (``submitting`` is ours, not a status).
+ADOPTABLE_STATES: Final[tuple[str, ...]] = tuple(
+    state for state in STATES if state not in (PENDING, SUBMITTING)
+)
+
 GUARDS: Final[Mapping[str, Guard]] = {
     "outputs_match_required_calls": Guard(
         "outputs_match_required_calls",
         "one output for every required call id, none for any other",
         "ProtocolViolation",
+        lambda c: outputs_match_required_calls(c.required, c.outputs),
     ),
     "round_not_submitted_before": Guard(
         "round_not_submitted_before",
         "this round's call ids were never submitted before",
         "DuplicateSubmission",
+        lambda c: round_not_submitted_before(c.outputs, c.submitted),
     ),
     "run_still_requires_the_same_round": Guard(
         "run_still_requires_the_same_round",
         "runs.retrieve shows the run in requires_action for the very calls just submitted",
         "ProtocolViolation",
+        run_still_requires_the_same_round,
     ),
     **{
         f"run_status_is_{state}": Guard(
             f"run_status_is_{state}",
             f"the server reports the run as {state!r}",
             "ProtocolViolation",
+            _status_is(state),
         )
-        for state in STATES
-        if state not in (PENDING, SUBMITTING)
+        for state in ADOPTABLE_STATES
     },
 }
 
@@ -203,51 +317,48 @@ class TransitionSpec:
 
 
 # state -> {server lifecycle event -> next state}. Repeats of the current state's own event are
-# not listed: ``classify`` tolerates them (PROTOCOL.md §4.0: ``created`` is followed by ``queued``
-# with the same payload).
+# not listed: ``classify`` tolerates them (``created`` is followed by ``queued`` with the same
+# payload).
 SERVER_EVENT_TRANSITIONS: Final[Mapping[str, Mapping[str, str]]] = {
     PENDING: {
-        "thread.run.created": QUEUED,
+        RUN_CREATED: QUEUED,
     },
     QUEUED: {
-        "thread.run.in_progress": IN_PROGRESS,
-        "thread.run.failed": FAILED,
-        "thread.run.cancelling": CANCELLING,
-        "thread.run.expired": EXPIRED,
+        RUN_IN_PROGRESS: IN_PROGRESS,
+        RUN_FAILED: FAILED,
+        RUN_CANCELLING: CANCELLING,
+        RUN_EXPIRED: EXPIRED,
     },
     IN_PROGRESS: {
-        "thread.run.requires_action": REQUIRES_ACTION,
-        "thread.run.completed": COMPLETED,
-        "thread.run.failed": FAILED,
-        "thread.run.incomplete": INCOMPLETE,
-        "thread.run.cancelling": CANCELLING,
-        "thread.run.expired": EXPIRED,
+        RUN_REQUIRES_ACTION: REQUIRES_ACTION,
+        RUN_COMPLETED: COMPLETED,
+        RUN_FAILED: FAILED,
+        RUN_INCOMPLETE: INCOMPLETE,
+        RUN_CANCELLING: CANCELLING,
+        RUN_EXPIRED: EXPIRED,
     },
     REQUIRES_ACTION: {
-        "thread.run.failed": FAILED,
-        "thread.run.cancelling": CANCELLING,
-        "thread.run.expired": EXPIRED,
+        RUN_FAILED: FAILED,
+        RUN_CANCELLING: CANCELLING,
+        RUN_EXPIRED: EXPIRED,
     },
     # ``submitting`` is left by the server's next lifecycle event after the submit.
     SUBMITTING: {
-        "thread.run.queued": QUEUED,
-        "thread.run.in_progress": IN_PROGRESS,
-        "thread.run.failed": FAILED,
-        "thread.run.cancelling": CANCELLING,
-        "thread.run.expired": EXPIRED,
+        RUN_QUEUED: QUEUED,
+        RUN_IN_PROGRESS: IN_PROGRESS,
+        RUN_FAILED: FAILED,
+        RUN_CANCELLING: CANCELLING,
+        RUN_EXPIRED: EXPIRED,
     },
     # Cancellation is best effort: a cancelling run may still finish some other way.
     CANCELLING: {
-        "thread.run.cancelled": CANCELLED,
-        "thread.run.completed": COMPLETED,
-        "thread.run.failed": FAILED,
-        "thread.run.incomplete": INCOMPLETE,
-        "thread.run.expired": EXPIRED,
+        RUN_CANCELLED: CANCELLED,
+        RUN_COMPLETED: COMPLETED,
+        RUN_FAILED: FAILED,
+        RUN_INCOMPLETE: INCOMPLETE,
+        RUN_EXPIRED: EXPIRED,
     },
 }
-
-#: Where a local cancel request may be made; it moves the run to ``cancelling``.
-CANCELLABLE_STATES: Final[tuple[str, ...]] = (QUEUED, IN_PROGRESS, REQUIRES_ACTION, SUBMITTING)
 
 
 def _build_transitions() -> tuple[TransitionSpec, ...]:
@@ -270,20 +381,19 @@ def _build_transitions() -> tuple[TransitionSpec, ...]:
     rows.extend(TransitionSpec(CANCEL, source, CANCELLING) for source in CANCELLABLE_STATES)
     rows.extend(
         TransitionSpec(ADOPT, PENDING, state, (f"run_status_is_{state}",))
-        for state in STATES
-        if state not in (PENDING, SUBMITTING)
+        for state in ADOPTABLE_STATES
     )
     return tuple(rows)
 
 
-#: The whole table, as data. ``RunMachine`` builds its ``transitions`` machine from these rows.
+#: The whole table, as data. The core builds its ``transitions`` machine from these rows.
 TRANSITIONS: Final[tuple[TransitionSpec, ...]] = _build_transitions()
 
 # --------------------------------------------------------------------------------------------
 # Reading the table
 # --------------------------------------------------------------------------------------------
 
-EventKind = Literal["transition", "repeat", "content", "unknown", "violation"]
+EventKind: TypeAlias = Literal["transition", "repeat", "content", "unknown", "violation"]
 
 
 def classify(state: str, event: str) -> EventKind:
@@ -301,7 +411,7 @@ def classify(state: str, event: str) -> EventKind:
     if event in LIFECYCLE_EVENTS:
         if event in SERVER_EVENT_TRANSITIONS[state]:
             return "transition"
-        if EVENT_STATE[event] == state and event != "thread.run.created":
+        if EVENT_STATE[event] == state and event != RUN_CREATED:
             return "repeat"
         return "violation"
     if event in CONTENT_EVENTS:
@@ -314,7 +424,7 @@ def accepts_content(state: str, event: str) -> bool:
     if state in TERMINAL_STATES:
         return False
     if state == PENDING:
-        return event in ("thread.created", "error")
+        return event in BEFORE_RUN_EVENTS
     return True
 
 
@@ -350,3 +460,10 @@ def path_to_status(state: str, status: str) -> list[str]:
 def rows_from(source: str) -> Iterable[TransitionSpec]:
     """The table's rows that leave ``source``."""
     return (row for row in TRANSITIONS if row.source == source)
+
+
+def find_row(
+    trigger: str, source: str, rows: Iterable[TransitionSpec] = TRANSITIONS
+) -> list[TransitionSpec]:
+    """The rows of ``rows`` for ``trigger`` from ``source``, in table order."""
+    return [row for row in rows if row.trigger == trigger and row.source == source]

@@ -17,21 +17,15 @@ from typing import Any, TypeVar, overload
 
 import attrs
 import pydantic
+from openai.types.beta import FunctionToolParam
+
+from runmachine.errors import ToolError
 
 __all__ = ["ToolError", "ToolSpec", "encode_output", "tool"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _TOOL_ATTR = "__runmachine_tool__"
-
-
-class ToolError(Exception):
-    """A tool call that could not produce a normal output; ``kind`` says why."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        self.kind = kind
-        self.message = message
-        super().__init__(f"{kind}: {message}")
 
 
 @attrs.frozen
@@ -51,7 +45,7 @@ class ToolSpec:
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.func)
 
-    def definition(self) -> dict[str, Any]:
+    def definition(self) -> FunctionToolParam:
         """The entry for ``tools=[...]`` of ``assistants.create``."""
         return {
             "type": "function",

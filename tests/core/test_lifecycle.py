@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -9,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runmachine import HookError, ProtocolViolation, RunMachine, lifecycle
+from runmachine.engine import engine_for
 from runmachine.errors import DuplicateSubmission
 
 from .events import event, required_action, run_event
@@ -25,7 +28,7 @@ async def machine_in(state: str, cls: type[RunMachine] = RunMachine) -> RunMachi
         return machine
     if state == lifecycle.SUBMITTING:
         await _walk(machine, lifecycle.REQUIRES_ACTION)
-        await machine.hand_over_outputs(["call_1"])
+        await machine.core.hand_over_outputs(["call_1"])
         return machine
     await _walk(machine, state)
     return machine
@@ -152,12 +155,12 @@ async def test_local_cancel_refused_where_nothing_runs(state: str) -> None:
 async def test_submit_guards() -> None:
     machine = await machine_in("requires_action")
     with pytest.raises(ProtocolViolation, match="do not match the required calls"):
-        await machine.hand_over_outputs(["call_1", "call_extra"])
+        await machine.core.hand_over_outputs(["call_1", "call_extra"])
     assert machine.state == "requires_action"
-    await machine.hand_over_outputs(["call_1"])
+    await machine.core.hand_over_outputs(["call_1"])
     assert machine.state == "submitting"
     with pytest.raises(DuplicateSubmission):
-        await machine.hand_over_outputs(["call_1"])
+        await machine.core.hand_over_outputs(["call_1"])
     await machine.feed(run_event("thread.run.queued"))
     await machine.feed(run_event("thread.run.in_progress"))
     # The server presents the same call ids again: submitting them again is refused.
@@ -165,7 +168,7 @@ async def test_submit_guards() -> None:
         run_event("thread.run.requires_action", required_action=required_action("call_1"))
     )
     with pytest.raises(DuplicateSubmission, match="call_1"):
-        await machine.hand_over_outputs(["call_1"])
+        await machine.core.hand_over_outputs(["call_1"])
     assert machine.state == "requires_action"
 
 
@@ -178,7 +181,7 @@ async def test_adopt_every_server_status(status: str) -> None:
     from .events import run_payload
 
     machine = RunMachine()
-    await machine.adopt(Run.construct(**run_payload(status)))
+    await machine.core.adopt(Run.construct(**run_payload(status)))
     assert machine.state == status
     assert machine.history[-1].trigger == "adopt"
 
@@ -189,7 +192,7 @@ async def test_polling_fills_in_implied_events() -> None:
     from .events import run_payload
 
     machine = await machine_in("queued")
-    await machine.observe_status(Run.construct(**run_payload("completed")))
+    await machine.core.observe_status(Run.construct(**run_payload("completed")))
     assert [r.trigger for r in machine.history] == [
         "thread.run.created",
         "thread.run.in_progress",
@@ -279,13 +282,23 @@ class Hooked(RunMachine):
 def test_class_hooks_are_registered_per_class() -> None:
     assert "on_enter_requires_action" in Hooked.hooks()
     assert "on_enter_requires_action" not in RunMachine.hooks()
-    assert Hooked._fsm.get_state("requires_action").on_enter
-    assert not RunMachine._fsm.get_state("requires_action").on_enter
+    hooked = engine_for(Hooked.lifecycle_rows(), frozenset(Hooked.hooks()), "Hooked")
+    plain = engine_for(RunMachine.lifecycle_rows(), frozenset(), "RunMachine")
+    assert hooked.get_state("requires_action").on_enter
+    assert not plain.get_state("requires_action").on_enter
+    # Built once per table and set of hooks, shared by every machine of the class.
+    assert engine_for(Hooked.lifecycle_rows(), frozenset(Hooked.hooks()), "Hooked") is hooked
 
 
-async def test_finished_machines_release_their_slot() -> None:
-    machine = await machine_in("completed")
-    assert machine not in RunMachine._fsm.models
+@pytest.mark.parametrize("state", ["requires_action", "completed"])
+async def test_a_dropped_machine_is_freed_mid_run_or_finished(state: str) -> None:
+    machine = await machine_in(state, Hooked)
+    core = weakref.ref(machine.core)
+    ref = weakref.ref(machine)
+    del machine
+    gc.collect()
+    assert ref() is None
+    assert core() is None
 
 
 @settings(max_examples=150, deadline=None)
@@ -303,7 +316,7 @@ def test_any_event_sequence_follows_the_table_or_raises(names: list[str]) -> Non
                 continue
             if name == "submit":
                 try:
-                    await machine.hand_over_outputs(["call_1"])
+                    await machine.core.hand_over_outputs(["call_1"])
                 except (ProtocolViolation, DuplicateSubmission):
                     assert machine.state == before
                 else:

@@ -120,7 +120,7 @@ async def test_streaming_tool_call_recording() -> None:
             run = machine.current_run()
             assert run is not None and run.required_action is not None
             call_ids = [c.id for c in run.required_action.submit_tool_outputs.tool_calls]
-            await machine.hand_over_outputs(call_ids)
+            await machine.core.hand_over_outputs(call_ids)
             assert machine.state == "submitting"
             stream = await client.beta.threads.runs.submit_tool_outputs(
                 run_id=run.id,

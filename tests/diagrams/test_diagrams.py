@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from diagram_parsers import (
+from .diagram_parsers import (
     MermaidSyntaxError,
     parse_dot,
     parse_label,

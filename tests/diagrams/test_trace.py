@@ -8,7 +8,7 @@ from typing import Any
 
 import openai
 import pytest
-from diagram_parsers import parse_dot, parse_label, parse_mermaid, read_svg
+from .diagram_parsers import parse_dot, parse_label, parse_mermaid, read_svg
 
 from runmachine import RunMachine, tool
 from runmachine.diagrams import draw_lifecycle, draw_trace, example_history

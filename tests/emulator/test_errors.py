@@ -7,7 +7,7 @@ from typing import Any
 import httpx2
 import openai
 import pytest
-from emu_support import make_assistant
+from .emu_support import make_assistant
 
 from runmachine.testing import Emulator, Scenario
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
-from emu_support import RECORDINGS, collapse, raw_get, raw_post, raw_sse
+from .emu_support import RECORDINGS, collapse, raw_get, raw_post, raw_sse
 
 from runmachine.testing import Emulator, Scenario
 
@@ -36,7 +36,7 @@ def recorded(name: str) -> list[dict[str, Any]]:
 
 
 def recorded_events(entry: dict[str, Any]) -> list[tuple[str, Any]]:
-    from emu_support import parse_sse
+    from .emu_support import parse_sse
 
     out: list[tuple[str, Any]] = []
     for event, data in parse_sse("".join(entry["ResponseBody"])):

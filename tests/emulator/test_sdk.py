@@ -7,7 +7,7 @@ from typing import Any
 
 import openai
 import pytest
-from emu_support import make_assistant
+from .emu_support import make_assistant
 from openai import AsyncAssistantEventHandler
 from openai.types.beta import AssistantStreamEvent
 from openai.types.beta.threads import Message, Text, TextDelta

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from example_loader import EXAMPLES
+from .example_loader import EXAMPLES
 
 
 @pytest.mark.parametrize(

@@ -94,7 +94,7 @@ def serve_in_thread(emulator: Emulator) -> Iterator[str]:
         emulator._base_url = None
         if not loop.is_closed():
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(emulator._shutdown)
+                loop.call_soon_threadsafe(emulator.close_streams)
         server.should_exit = True
         thread.join(10)
         emulator._loop = None

@@ -299,6 +299,11 @@ class Emulator:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._abandon, runs)
 
+    @property
+    def option_names(self) -> frozenset[str]:
+        """The names of the options ``Emulator(...)`` takes (and the ``emulator`` marker)."""
+        return frozenset(self._config)
+
     def _abandon(self, runs: list[_Run]) -> None:
         for run in runs:
             if run.task is not None:
@@ -307,8 +312,8 @@ class Emulator:
                 run.listener.put_nowait(_END)
                 run.listener = None
 
-    def _shutdown(self) -> None:
-        """Called on the server loop before it stops: end every open stream."""
+    def close_streams(self) -> None:
+        """End every open stream (called on the server loop before it stops)."""
         with self._lock:
             runs = list(self._runs.values())
         self._abandon(runs)

@@ -50,7 +50,7 @@ def emulator(
     if marker is not None:
         options: dict[str, Any] = dict(marker.kwargs)
         for key, value in options.items():
-            if key not in emu._config:
+            if key not in emu.option_names:
                 raise TypeError(f"unknown emulator option {key!r}")
             setattr(emu, key, value)
     yield emu

@@ -1,0 +1,20 @@
+"""Backends: the servers a run can live on, each behind the seam ``runmachine.backends.base``.
+
+``AssistantsBackend`` (the Assistants API: threads and runs) is the one this version ships.
+"""
+
+from __future__ import annotations
+
+from runmachine.backends.assistants import AssistantsBackend, CreateRun, CreateThreadAndRun
+from runmachine.backends.base import Backend, RequiredCall, RunRef, StreamLost, SubmitMode
+
+__all__ = [
+    "AssistantsBackend",
+    "Backend",
+    "CreateRun",
+    "CreateThreadAndRun",
+    "RequiredCall",
+    "RunRef",
+    "StreamLost",
+    "SubmitMode",
+]

@@ -1,0 +1,234 @@
+"""``AssistantsBackend``: the Assistants API (threads and runs), through the openai SDK.
+
+Streams are opened through the SDK's own HTTP layer (``with_streaming_response``), so auth,
+``base_url``, Azure, headers, timeouts and the retries of the initial response stay the SDK's;
+the bytes are decoded here (``runmachine.backends.sse``) into the SDK's event types. A submission
+answers with a new stream (or, polling, an acknowledgement); it is sent with the SDK's retries
+off, because a blind retry of a submission that the server took would submit it twice: the
+driver decides what to retry, after reading the run back.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import httpx2
+import openai
+from openai.types.beta.threads import Message, Run
+
+from runmachine.backends.base import EventSource, RequiredCall, RunRef, StreamLost, SubmitMode
+from runmachine.backends.sse import SSEParser, StreamError, build_event
+from runmachine.deprecation import quiet_deprecation
+
+__all__ = ["AssistantsBackend", "CreateRun", "CreateThreadAndRun"]
+
+_NO_RETRY: weakref.WeakKeyDictionary[openai.AsyncOpenAI, openai.AsyncOpenAI] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _no_retry_client(client: openai.AsyncOpenAI) -> openai.AsyncOpenAI:
+    """``client.with_options(max_retries=0)``, made once per client.
+
+    Every copy the SDK makes starts without its platform headers and fetches them in a worker
+    thread on its first request; a copy per run put that thread hop between ``requires_action``
+    and the submit request of every run's first round.
+    """
+    copy = _NO_RETRY.get(client)
+    if copy is None:
+        copy = _NO_RETRY[client] = client.with_options(max_retries=0)
+    return copy
+
+
+@attrs.frozen
+class CreateRun:
+    """A run on an existing thread (``runs.create``)."""
+
+    thread_id: str
+    assistant_id: str
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class CreateThreadAndRun:
+    """A new thread and its first run at once (``threads.create_and_run``)."""
+
+    assistant_id: str
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+class AssistantsBackend:
+    """The Assistants API of ``client`` (an ``AsyncOpenAI`` or ``AsyncAzureOpenAI``)."""
+
+    name = "assistants"
+
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
+        self.client = client
+        self._no_retry = _no_retry_client(client)
+
+    def submit_mode(self, streaming: bool) -> SubmitMode:
+        return "new_stream" if streaming else "acknowledge"
+
+    # ----------------------------------------------------------------------------------------
+    # Creating
+    # ----------------------------------------------------------------------------------------
+
+    def open_run(self, request: CreateRun | CreateThreadAndRun) -> EventSource:
+        if isinstance(request, CreateRun):
+            runs = self.client.beta.threads.runs
+
+            def opener() -> Any:
+                with quiet_deprecation():
+                    return runs.with_streaming_response.create(
+                        thread_id=request.thread_id,
+                        assistant_id=request.assistant_id,
+                        stream=True,
+                        **request.params,
+                    )
+
+        else:
+            threads = self.client.beta.threads
+
+            def opener() -> Any:
+                with quiet_deprecation():
+                    return threads.with_streaming_response.create_and_run(
+                        assistant_id=request.assistant_id, stream=True, **request.params
+                    )
+
+        return _events(opener)
+
+    async def create_run(self, request: CreateRun | CreateThreadAndRun) -> Run:
+        with quiet_deprecation():
+            if isinstance(request, CreateRun):
+                pending = self.client.beta.threads.runs.create(
+                    thread_id=request.thread_id,
+                    assistant_id=request.assistant_id,
+                    **request.params,
+                )
+            else:
+                pending = self.client.beta.threads.create_and_run(
+                    assistant_id=request.assistant_id, **request.params
+                )
+        run: Run = await pending
+        return run
+
+    async def find_created(
+        self, request: CreateRun | CreateThreadAndRun, since: float
+    ) -> Run | None:
+        if not isinstance(request, CreateRun):
+            return None  # create-and-run gives no thread to look in
+        with quiet_deprecation():
+            pending = self.client.beta.threads.runs.list(
+                thread_id=request.thread_id, order="desc", limit=1
+            )
+        page = await pending
+        # Second-resolution timestamps: a run created within the request's second is ours.
+        if page.data and page.data[0].created_at >= int(since) - 1:
+            return page.data[0]
+        return None
+
+    # ----------------------------------------------------------------------------------------
+    # A run
+    # ----------------------------------------------------------------------------------------
+
+    def ref(self, run: Run) -> RunRef:
+        return RunRef(run.id, run.thread_id)
+
+    def required_calls(self, run: Run) -> list[RequiredCall]:
+        if run.required_action is None:
+            return []
+        return [
+            RequiredCall(call.id, call.function.name, call.function.arguments)
+            for call in run.required_action.submit_tool_outputs.tool_calls
+        ]
+
+    def open_submission(self, ref: RunRef, outputs: Mapping[str, str]) -> EventSource:
+        runs = self._no_retry.beta.threads.runs
+        tool_outputs = _tool_outputs(outputs)
+
+        def opener() -> Any:
+            with quiet_deprecation():
+                return runs.with_streaming_response.submit_tool_outputs(
+                    run_id=ref.run_id,
+                    thread_id=ref.scope_id,
+                    tool_outputs=tool_outputs,  # type: ignore[arg-type]
+                    stream=True,
+                )
+
+        return _events(opener)
+
+    async def submit(self, ref: RunRef, outputs: Mapping[str, str]) -> Run:
+        with quiet_deprecation():
+            pending = self._no_retry.beta.threads.runs.submit_tool_outputs(
+                run_id=ref.run_id,
+                thread_id=ref.scope_id,
+                tool_outputs=_tool_outputs(outputs),  # type: ignore[arg-type]
+            )
+        run: Run = await pending
+        return run
+
+    async def retrieve(self, ref: RunRef) -> tuple[Run, float | None]:
+        runs = self.client.beta.threads.runs
+        with quiet_deprecation():
+            pending = runs.with_raw_response.retrieve(run_id=ref.run_id, thread_id=ref.scope_id)
+        raw = await pending
+        poll_after = raw.headers.get("openai-poll-after-ms")
+        return raw.parse(), (float(poll_after) / 1000 if poll_after else None)
+
+    async def cancel(self, ref: RunRef) -> Run:
+        with quiet_deprecation():
+            pending = self._no_retry.beta.threads.runs.cancel(
+                run_id=ref.run_id, thread_id=ref.scope_id
+            )
+        run: Run = await pending
+        return run
+
+    async def messages(self, ref: RunRef) -> list[Message]:
+        with quiet_deprecation():
+            pages = self.client.beta.threads.messages.list(
+                thread_id=ref.scope_id, run_id=ref.run_id, order="asc", limit=100
+            )
+        return [message async for message in pages]
+
+
+def _tool_outputs(outputs: Mapping[str, str]) -> list[dict[str, str]]:
+    return [{"tool_call_id": cid, "output": out} for cid, out in outputs.items()]
+
+
+_LOST = (StreamError, openai.APIConnectionError, httpx2.TransportError)
+
+
+@asynccontextmanager
+async def _events(opener: Callable[[], Any]) -> AsyncIterator[AsyncIterator[Any]]:
+    """One SSE response as an ``EventSource``: entered once the server answered 2xx."""
+    try:
+        async with opener() as response:
+            events = _decode(response)
+            try:
+                yield events
+            finally:
+                await events.aclose()
+    except openai.APIStatusError:
+        raise
+    except _LOST as exc:
+        raise StreamLost(f"{type(exc).__name__}: {exc}") from exc
+
+
+async def _decode(response: Any) -> AsyncGenerator[Any, None]:
+    parser = SSEParser()
+    try:
+        async for chunk in response.http_response.aiter_bytes():
+            for name, data in parser.feed(chunk):
+                event = build_event(name, data)
+                if event is not None:  # [DONE]: keep reading so the connection can be reused
+                    yield event
+        for name, data in parser.close():
+            event = build_event(name, data)
+            if event is not None:
+                yield event
+    except _LOST as exc:
+        raise StreamLost(f"{type(exc).__name__}: {exc}") from exc

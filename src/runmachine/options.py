@@ -1,0 +1,101 @@
+"""``DriverOptions``: how a machine drives its runs, validated when it is made.
+
+Every field is also a keyword of ``RunMachine(...)``. A value of the wrong type or out of range
+is refused at construction with an ``OptionError`` that names the option, what was given and
+what is accepted, so that nothing fails deep inside a run (``tool_concurrency=0`` would wait for
+ever, ``"lots"`` would fail at the first round).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from runmachine.errors import OptionError
+
+__all__ = ["DriverOptions", "unknown_option"]
+
+
+def _integer(minimum: int) -> Any:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise OptionError(
+                f"{attribute.name} must be an int >= {minimum}, got {type(value).__name__} "
+                f"{value!r}"
+            )
+        if value < minimum:
+            raise OptionError(f"{attribute.name} must be an int >= {minimum}, got {value!r}")
+
+    return check
+
+
+def _seconds(*, positive: bool) -> Any:
+    bound = "> 0" if positive else ">= 0"
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise OptionError(
+                f"{attribute.name} must be a number of seconds {bound}, got "
+                f"{type(value).__name__} {value!r}"
+            )
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise OptionError(
+                f"{attribute.name} must be a finite number of seconds {bound}, got {value!r}"
+            )
+
+    return check
+
+
+def _boolean(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise OptionError(
+            f"{attribute.name} must be True or False, got {type(value).__name__} {value!r}"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class DriverOptions:
+    """How a ``RunMachine`` drives its runs. Every field is a keyword of ``RunMachine(...)``."""
+
+    tool_concurrency: int = attrs.field(default=16, validator=_integer(1))
+    """How many tool calls run at once."""
+    deadline_margin: float = attrs.field(default=5.0, validator=_seconds(positive=False))
+    """Seconds before the run's ``expires_at`` by which the outputs must be submitted."""
+    max_rounds: int = attrs.field(default=20, validator=_integer(1))
+    """The most tool rounds one run may ask for; past it the run is cancelled."""
+    max_identical_rounds: int = attrs.field(default=3, validator=_integer(1))
+    """The most rounds in a row with the same tools and arguments; past it the run is cancelled."""
+    stream: bool = attrs.field(default=True, validator=_boolean)
+    """False drives the run by polling alone (state hooks fire; delta hooks do not)."""
+    poll_interval: float = attrs.field(default=1.0, validator=_seconds(positive=True))
+    """Seconds between polls when the server sends no ``openai-poll-after-ms``."""
+    max_poll_interval: float = attrs.field(default=8.0, validator=_seconds(positive=True))
+    """The longest wait between polls as the interval backs off."""
+    submit_attempts: int = attrs.field(default=4, validator=_integer(1))
+    """Attempts at one round's submission when the server did not take it."""
+    cancel_timeout: float = attrs.field(default=10.0, validator=_seconds(positive=True))
+    """Bound on the shielded ``runs.cancel`` made when a run is abandoned."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_poll_interval < self.poll_interval:
+            raise OptionError(
+                f"max_poll_interval ({self.max_poll_interval!r}) must be at least poll_interval "
+                f"({self.poll_interval!r})"
+            )
+
+
+def unknown_option(owner: str, names: Iterable[str], known: Iterable[str]) -> OptionError:
+    """The error for keywords ``owner`` does not take, with the closest known name."""
+    known = sorted(known)
+    parts = []
+    for name in sorted(names):
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        parts.append(f"{name!r}{hint}")
+    return OptionError(
+        f"{owner}() got an unknown option {', '.join(parts)}; its options are: {', '.join(known)}"
+    )

@@ -1,0 +1,184 @@
+"""``runmachine.core.RunCore``: the table applied, one trigger at a time, with no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from runmachine import HookError, ProtocolViolation, RunCore, RunMachine, lifecycle
+from runmachine.engine import engine_for
+from runmachine.errors import DuplicateSubmission, RunMachineError
+
+from .events import required_action, run_event
+
+pytestmark = pytest.mark.anyio
+
+
+async def core_in_requires_action(core: RunCore, *call_ids: str) -> RunCore:
+    for name in ("thread.run.created", "thread.run.in_progress"):
+        await core.feed(run_event(name))
+    await core.feed(
+        run_event("thread.run.requires_action", required_action=required_action(*call_ids))
+    )
+    return core
+
+
+async def test_a_core_needs_no_machine_and_no_client() -> None:
+    core = await core_in_requires_action(RunCore(), "call_1", "call_2")
+    assert core.state == lifecycle.REQUIRES_ACTION
+    await core.hand_over_outputs(["call_2", "call_1"])
+    assert core.state == lifecycle.SUBMITTING
+    assert core.submitted_rounds == {frozenset({"call_1", "call_2"})}
+    assert [r.trigger for r in core.history][-1] == lifecycle.SUBMIT
+
+
+async def test_the_tables_own_duplicate_guard_refuses_a_second_submission() -> None:
+    # The guard in the table decides; the core asks it which guard failed to name the error.
+    core = await core_in_requires_action(RunCore(), "call_1")
+    await core.hand_over_outputs(["call_1"])
+    await core.feed(run_event("thread.run.queued"))
+    await core.feed(run_event("thread.run.in_progress"))
+    await core.feed(
+        run_event("thread.run.requires_action", required_action=required_action("call_1"))
+    )
+    with pytest.raises(DuplicateSubmission) as info:
+        await core.hand_over_outputs(["call_1"])
+    assert info.value.call_ids == ("call_1",)
+    assert core.state == lifecycle.REQUIRES_ACTION
+
+
+async def test_outputs_that_do_not_cover_the_calls_name_both_sides() -> None:
+    core = await core_in_requires_action(RunCore(), "call_1", "call_2")
+    with pytest.raises(ProtocolViolation, match=r"\['call_1'\] do not match .*'call_2'"):
+        await core.hand_over_outputs(["call_1"])
+    assert core.state == lifecycle.REQUIRES_ACTION
+    assert core.submitted_rounds == frozenset()
+
+
+async def test_a_guard_function_of_the_table_decides_the_transition() -> None:
+    context = lifecycle.GuardContext(
+        status=lifecycle.REQUIRES_ACTION,
+        required=frozenset({"a"}),
+        outputs=frozenset({"a"}),
+        submitted={frozenset({"a"})},
+    )
+    assert lifecycle.GUARDS["outputs_match_required_calls"].check(context)
+    assert not lifecycle.GUARDS["round_not_submitted_before"].check(context)
+    assert lifecycle.GUARDS["run_still_requires_the_same_round"].check(context)
+    assert lifecycle.GUARDS["run_status_is_requires_action"].check(context)
+    assert not lifecycle.GUARDS["run_status_is_completed"].check(context)
+
+
+class CancelsFromAChildTask(RunMachine):
+    """A hook that starts a task which cancels: the trigger queues behind the running one."""
+
+    async def on_enter_requires_action(self, run: Any) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.request_cancel)
+
+
+async def test_a_hook_may_fire_a_trigger_from_a_child_task() -> None:
+    machine = CancelsFromAChildTask()
+    await core_in_requires_action(machine.core, "call_1")
+    assert machine.state == lifecycle.CANCELLING
+    assert [r.trigger for r in machine.history][-2:] == [
+        "thread.run.requires_action",
+        lifecycle.CANCEL,
+    ]
+
+
+class Slow(RunMachine):
+    """A hook that waits for the test to let it go, so a second task can act meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
+
+    async def on_enter_in_progress(self, run: Any) -> None:
+        self.entered.set()
+        await self.release.wait()
+
+
+async def test_an_event_fed_from_another_task_waits_for_the_running_transition() -> None:
+    machine = Slow()
+    await machine.feed(run_event("thread.run.created"))
+    order: list[str] = []
+
+    async def first() -> None:
+        await machine.feed(run_event("thread.run.in_progress"))
+        order.append("in_progress done")
+
+    async def second() -> None:
+        await machine.entered.wait()
+        order.append("feeding completed")
+        machine.release.set()
+        await machine.feed(run_event("thread.run.completed"))
+        order.append("completed done")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first)
+        tg.start_soon(second)
+    assert machine.state == lifecycle.COMPLETED
+    assert [r.dest for r in machine.history] == ["queued", "in_progress", "completed"]
+    assert order[0] == "feeding completed"
+
+
+async def test_two_concurrent_cancel_requests_cancel_once() -> None:
+    machine = Slow()
+    await machine.feed(run_event("thread.run.created"))
+    results: list[bool] = []
+
+    async def cancel() -> None:
+        results.append(await machine.request_cancel())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(machine.feed, run_event("thread.run.in_progress"))
+        await machine.entered.wait()
+        tg.start_soon(cancel)
+        tg.start_soon(cancel)
+        await anyio.wait_all_tasks_blocked()
+        machine.release.set()
+    assert machine.state == lifecycle.CANCELLING
+    assert [r.trigger for r in machine.history].count(lifecycle.CANCEL) == 1
+    assert len(results) == 2
+
+
+class FeedsFromAHook(RunMachine):
+    async def on_enter_in_progress(self, run: Any) -> None:
+        await self.feed(run_event("thread.run.completed"))
+
+
+async def test_an_event_fed_from_inside_a_hook_fails_at_once_and_says_why() -> None:
+    machine = FeedsFromAHook()
+    await machine.feed(run_event("thread.run.created"))
+    with pytest.raises(HookError) as info:
+        await machine.feed(run_event("thread.run.in_progress"))
+    cause = info.value.__cause__
+    assert isinstance(cause, RunMachineError)
+    assert "from inside a hook" in str(cause)
+
+
+class RaisingTextHook(RunMachine):
+    def on_event(self, event: Any) -> None:
+        raise KeyError("from on_event")
+
+
+async def test_every_hook_failure_is_a_hook_error() -> None:
+    machine = RaisingTextHook()
+    with pytest.raises(HookError) as info:
+        await machine.feed(run_event("thread.run.created"))
+    assert info.value.hook == "on_event"
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+async def test_a_core_uses_the_engine_it_is_given() -> None:
+    extra = lifecycle.TransitionSpec("review", lifecycle.COMPLETED, "reviewed")
+    engine = engine_for((*lifecycle.TRANSITIONS, extra), frozenset(), "Reviewed")
+    core = RunCore(engine=engine)
+    for name in ("thread.run.created", "thread.run.in_progress", "thread.run.completed"):
+        await core.feed(run_event(name))
+    assert await core.engine.fire("review", core)
+    assert core.state == "reviewed"

@@ -1,0 +1,219 @@
+"""The driver against a scripted ``Backend``: the seam is all it needs to drive a run.
+
+These tests talk to no server at all: ``ScriptedBackend`` implements ``runmachine.backends.base.
+Backend`` from lists of SDK events, and records every request the driver makes, so the driver's
+rules (one submission per round, a retry only after the server is read back, the server run
+cancelled on the way out) are checked on the seam itself. The same rules are checked end to end
+over HTTP against the emulator in ``test_run.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import openai
+import pytest
+from openai.types.beta.threads import Run
+
+from runmachine import MemoryLedger, RunCore, lifecycle, tool
+from runmachine.backends import CreateRun, RequiredCall, RunRef, StreamLost
+from runmachine.backends.base import Backend, SubmitMode
+from runmachine.driver import Driver
+from runmachine.options import DriverOptions
+from runmachine.tools import as_spec
+
+from tests.core.events import message_created, required_action, run_event, run_payload, text_delta
+
+pytestmark = pytest.mark.anyio
+
+
+def _run(status: str, **extra: Any) -> Run:
+    return Run.construct(**run_payload(status, **extra))
+
+
+class ScriptedBackend:
+    """A server made of scripts: one list of events per stream, in the order they are opened."""
+
+    name = "scripted"
+
+    def __init__(self, streams: list[list[Any]], *, statuses: list[Run] | None = None) -> None:
+        self.streams = list(streams)
+        self.statuses = list(statuses or [])
+        self.submissions: list[dict[str, str]] = []
+        self.cancels: list[RunRef] = []
+        self.retrieves = 0
+        self.fail_next_submit: BaseException | None = None
+
+    def submit_mode(self, streaming: bool) -> SubmitMode:
+        return "new_stream" if streaming else "acknowledge"
+
+    @asynccontextmanager
+    async def _stream(self) -> AsyncIterator[AsyncIterator[Any]]:
+        script = self.streams.pop(0)
+
+        async def events() -> AsyncIterator[Any]:
+            for item in script:
+                if isinstance(item, BaseException):
+                    raise item
+                await anyio.lowlevel.checkpoint()
+                yield item
+
+        gen = events()
+        try:
+            yield gen
+        finally:
+            await gen.aclose()
+
+    def open_run(self, request: Any) -> Any:
+        return self._stream()
+
+    async def create_run(self, request: Any) -> Run:
+        raise AssertionError("streaming only")
+
+    async def find_created(self, request: Any, since: float) -> Run | None:
+        return None
+
+    def ref(self, run: Run) -> RunRef:
+        return RunRef(run.id, run.thread_id)
+
+    def required_calls(self, run: Run) -> list[RequiredCall]:
+        assert run.required_action is not None
+        return [
+            RequiredCall(c.id, c.function.name, c.function.arguments)
+            for c in run.required_action.submit_tool_outputs.tool_calls
+        ]
+
+    def open_submission(self, ref: RunRef, outputs: Mapping[str, str]) -> Any:
+        self.submissions.append(dict(outputs))
+        failure, self.fail_next_submit = self.fail_next_submit, None
+        if failure is not None:
+            raise failure
+        return self._stream()
+
+    async def submit(self, ref: RunRef, outputs: Mapping[str, str]) -> Run:
+        raise AssertionError("streaming only")
+
+    async def retrieve(self, ref: RunRef) -> tuple[Run, float | None]:
+        self.retrieves += 1
+        return self.statuses.pop(0), 0.0
+
+    async def cancel(self, ref: RunRef) -> Run:
+        self.cancels.append(ref)
+        return _run("cancelling")
+
+    async def messages(self, ref: RunRef) -> list[Any]:
+        return []
+
+
+def _calls(*ids: str, name: str = "add") -> dict[str, Any]:
+    action = required_action(*ids)
+    for call in action["submit_tool_outputs"]["tool_calls"]:
+        call["function"] = {"name": name, "arguments": '{"a": 1, "b": 2}'}
+    return action
+
+
+@tool
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def _driver(backend: Backend, core: RunCore | None = None, **options: Any) -> Driver:
+    return Driver(
+        core or RunCore(),
+        backend,
+        options=DriverOptions(**options),
+        tools={"add": as_spec(add)},
+        owner=None,
+        ledger=MemoryLedger(),
+        machine_name="tests:Scripted",
+    )
+
+
+# No ``expires_at``: these runs have no deadline (deadlines are the emulator tests' business).
+REQUIRES = [
+    run_event("thread.run.created", expires_at=None),
+    run_event("thread.run.in_progress", expires_at=None),
+    run_event(
+        "thread.run.requires_action",
+        required_action=_calls("call_1", "call_2"),
+        expires_at=None,
+    ),
+]
+ANSWER = [
+    run_event("thread.run.queued"),
+    run_event("thread.run.in_progress"),
+    message_created(),
+    text_delta("3 and 3", first=True),
+    run_event("thread.run.completed"),
+]
+
+
+async def test_the_driver_drives_a_run_through_the_seam_alone() -> None:
+    backend = ScriptedBackend([REQUIRES, ANSWER])
+    result = await _driver(backend).create(CreateRun("thread_test", "asst_test"))
+    assert result.status == lifecycle.COMPLETED
+    assert backend.submissions == [{"call_1": "3", "call_2": "3"}]
+    assert result.text == "3 and 3"
+    assert [r.output for r in result.tool_calls] == ["3", "3"]
+    assert backend.cancels == []
+
+
+async def test_a_lost_submission_is_sent_again_only_after_the_server_still_waits_on_it() -> None:
+    waiting = _run("requires_action", required_action=_calls("call_1", "call_2"), expires_at=None)
+    backend = ScriptedBackend([REQUIRES, ANSWER], statuses=[waiting])
+    backend.fail_next_submit = openai.APIConnectionError(request=_request())
+    result = await _driver(backend).create(CreateRun("thread_test", "asst_test"))
+    assert result.status == lifecycle.COMPLETED
+    assert backend.retrieves == 1
+    assert backend.submissions == [{"call_1": "3", "call_2": "3"}] * 2
+
+
+async def test_a_lost_submission_the_server_took_is_never_sent_again() -> None:
+    moved_on = _run("completed")
+    backend = ScriptedBackend([REQUIRES], statuses=[moved_on])
+    backend.fail_next_submit = openai.APIConnectionError(request=_request())
+    result = await _driver(backend).create(CreateRun("thread_test", "asst_test"))
+    assert result.status == lifecycle.COMPLETED
+    assert len(backend.submissions) == 1
+
+
+async def test_a_stream_lost_mid_run_is_recovered_by_polling_the_backend() -> None:
+    broken = [*REQUIRES[:2], StreamLost("dropped")]
+    backend = ScriptedBackend([broken], statuses=[_run("completed")])
+    core = RunCore()
+    result = await _driver(backend, core).create(CreateRun("thread_test", "asst_test"))
+    assert result.status == lifecycle.COMPLETED
+    assert [type(e).__name__ for e in core.stream_errors] == ["StreamLost"]
+
+
+async def test_a_host_cancel_mid_tool_cancels_the_server_run_through_the_seam() -> None:
+    started = anyio.Event()
+
+    @tool(name="add")
+    async def slow(a: int, b: int) -> int:
+        started.set()
+        await anyio.sleep_forever()
+        raise AssertionError("never")
+
+    backend = ScriptedBackend([REQUIRES])
+    driver = _driver(backend)
+    driver.tools = {"add": as_spec(slow)}
+    async with anyio.create_task_group() as tg:
+
+        async def drive() -> None:
+            await driver.create(CreateRun("thread_test", "asst_test"))
+
+        tg.start_soon(drive)
+        await started.wait()
+        tg.cancel_scope.cancel()
+    assert backend.cancels == [RunRef("run_test", "thread_test")]
+    assert backend.submissions == []
+
+
+def _request() -> Any:
+    import httpx2
+
+    return httpx2.Request("POST", "http://127.0.0.1/v1/threads/t/runs/r/submit_tool_outputs")

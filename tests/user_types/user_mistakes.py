@@ -1,0 +1,14 @@
+"""A user's program with mistakes ``mypy --strict`` must reject, each on its marked line."""
+
+from __future__ import annotations
+
+import openai
+
+from runmachine import RunMachine
+
+
+def build(client: openai.AsyncOpenAI) -> None:
+    RunMachine(client, tool_concurency=4)  # error: misspelled option
+    RunMachine(client, max_rounds="many")  # error: wrong type
+    machine = RunMachine(client)
+    print(machine.stat)  # error: misspelled attribute
