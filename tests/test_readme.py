@@ -40,3 +40,13 @@ def test_quickstart_runs_as_written(tmp_path: Path) -> None:
         'get_rain_probability returned "0.2".\ncompleted after 1 round(s): 0.2\n'
     )
     assert done.stderr == ""
+
+
+def test_the_public_api_listing_matches_all() -> None:
+    import runmachine
+
+    text = README.read_text(encoding="utf-8")
+    block = text[text.index("<!-- public-api:start -->") : text.index("<!-- public-api:end -->")]
+    listed = re.findall(r"`([A-Za-z_]+)`", block)
+    assert sorted(listed) == sorted(runmachine.__all__)
+    assert len(listed) == len(set(listed))

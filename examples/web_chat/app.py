@@ -2,9 +2,9 @@
 
 One page (``index.html``, plain HTML and JavaScript) shows the assistant's text as it streams in,
 each tool call as it runs (name, arguments, then its output), and the lifecycle diagram with the
-current state lit. The server side is a few lines: ``runmachine.stream_run`` drives the run and
-encodes every SDK event, every state transition and the final result as
-``{"event": ..., "data": ...}`` objects, and a ``StreamingResponse`` sends them.
+current state lit. The server side is a few lines: ``runmachine.RunResponse``, an ASGI response,
+drives the run and sends every SDK event, every state transition and the final result as
+``{"event": ..., "data": ...}`` Server-Sent Events; when the browser goes away it cancels the run.
 
     python examples/web_chat/app.py                 # embedded emulator, no API key
     python examples/web_chat/app.py --base-url https://api.openai.com/v1 --api-key sk-...
@@ -26,12 +26,11 @@ import anyio
 import openai
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from runmachine import RunMachine, quiet_deprecation, stream_run, tool
+from runmachine import RunMachine, RunResponse, quiet_deprecation, tool
 from runmachine.diagrams import GraphvizNotFound
-from runmachine.encoding import SSE_MEDIA_TYPE
 from runmachine.testing import emulated
 
 PAGE = Path(__file__).with_name("index.html")
@@ -104,13 +103,11 @@ def create_app(client: openai.AsyncOpenAI, assistant_id: str | None = None) -> S
             await client.beta.threads.messages.create(
                 thread_id=thread_id, role="user", content=message
             )
-        events = stream_run(
-            ChatMachine(client), thread_id=thread_id, assistant_id=await the_assistant()
-        )
-        return StreamingResponse(
-            events,
-            media_type=SSE_MEDIA_TYPE,
-            headers={"cache-control": "no-cache", "x-thread-id": thread_id},
+        return RunResponse(
+            ChatMachine(client),
+            thread_id=thread_id,
+            assistant_id=await the_assistant(),
+            headers={"x-thread-id": thread_id},
         )
 
     return Starlette(routes=[Route("/", index), Route("/api/chat", chat, methods=["POST"])])

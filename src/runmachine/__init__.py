@@ -10,7 +10,14 @@ from runmachine import lifecycle
 from runmachine.core import RunCore
 from runmachine.deprecation import quiet_deprecation
 from runmachine.driver import EventStream
-from runmachine.encoding import encode_event, ndjson_line, sse_event, stream_run
+from runmachine.encoding import (
+    RunResponse,
+    encode_event,
+    encoded,
+    ndjson_line,
+    sse_event,
+    stream_run,
+)
 from runmachine.errors import (
     DuplicateSubmission,
     HookError,
@@ -48,6 +55,7 @@ __all__ = [
     "RunCore",
     "RunMachine",
     "RunMachineError",
+    "RunResponse",
     "RunResult",
     "SQLiteLedger",
     "ToleratedEvent",
@@ -57,6 +65,7 @@ __all__ = [
     "ToolSpec",
     "TransitionRecord",
     "encode_event",
+    "encoded",
     "lifecycle",
     "ndjson_line",
     "quiet_deprecation",

@@ -182,3 +182,15 @@ async def test_a_core_uses_the_engine_it_is_given() -> None:
         await core.feed(run_event(name))
     assert await core.engine.fire("review", core)
     assert core.state == "reviewed"
+
+
+async def test_an_error_raised_to_the_caller_is_not_also_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Exploding(RunMachine):
+        def on_enter_queued(self, run: Any) -> None:
+            raise ValueError("boom")
+
+    with caplog.at_level("DEBUG", logger="transitions"), pytest.raises(HookError):
+        await Exploding().feed(run_event("thread.run.created"))
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []

@@ -14,13 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from .diagram_parsers import (
-    MermaidSyntaxError,
-    parse_dot,
-    parse_label,
-    parse_mermaid,
-    read_svg,
-)
 
 from runmachine import lifecycle
 from runmachine.cli import main
@@ -35,6 +28,14 @@ from runmachine.diagrams import (
 from runmachine.errors import RunMachineError
 from runmachine.lifecycle import TransitionSpec
 from runmachine.machine import RunMachine
+
+from .diagram_parsers import (
+    MermaidSyntaxError,
+    parse_dot,
+    parse_label,
+    parse_mermaid,
+    read_svg,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is missing")

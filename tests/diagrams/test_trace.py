@@ -8,12 +8,13 @@ from typing import Any
 
 import openai
 import pytest
-from .diagram_parsers import parse_dot, parse_label, parse_mermaid, read_svg
 
 from runmachine import RunMachine, tool
 from runmachine.diagrams import draw_lifecycle, draw_trace, example_history
 from runmachine.result import RunResult
 from runmachine.testing import Emulator, Scenario
+
+from .diagram_parsers import parse_dot, parse_label, parse_mermaid, read_svg
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is missing")
 

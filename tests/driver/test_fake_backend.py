@@ -24,7 +24,6 @@ from runmachine.backends.base import Backend, SubmitMode
 from runmachine.driver import Driver
 from runmachine.options import DriverOptions
 from runmachine.tools import as_spec
-
 from tests.core.events import message_created, required_action, run_event, run_payload, text_delta
 
 pytestmark = pytest.mark.anyio

@@ -8,9 +8,10 @@ from typing import Any
 import httpx2
 import openai
 import pytest
-from .emu_support import make_assistant, parse_sse, raw_post
 
 from runmachine.testing import Emulator, Faults, HTTPFault, Scenario
+
+from .emu_support import make_assistant, parse_sse, raw_post
 
 pytestmark = [
     pytest.mark.anyio,

@@ -13,9 +13,10 @@ from typing import Any
 
 import anyio
 import pytest
-from .emu_support import RECORDINGS, collapse, raw_get, raw_post, raw_sse
 
 from runmachine.testing import Emulator, Scenario
+
+from .emu_support import RECORDINGS, collapse, raw_get, raw_post, raw_sse
 
 pytestmark = pytest.mark.anyio
 

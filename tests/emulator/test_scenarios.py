@@ -7,9 +7,10 @@ from typing import Any
 import anyio
 import openai
 import pytest
-from .emu_support import make_assistant
 
 from runmachine.testing import Emulator, Scenario
+
+from .emu_support import make_assistant
 
 pytestmark = [
     pytest.mark.anyio,

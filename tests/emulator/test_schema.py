@@ -14,9 +14,10 @@ from typing import Any
 
 import httpx2
 import pytest
-from .emu_support import raw_get, raw_post, raw_sse, validator
 
 from runmachine.testing import Emulator, Faults, Scenario
+
+from .emu_support import raw_get, raw_post, raw_sse, validator
 
 pytestmark = pytest.mark.anyio
 

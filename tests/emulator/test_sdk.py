@@ -7,13 +7,14 @@ from typing import Any
 
 import openai
 import pytest
-from .emu_support import make_assistant
 from openai import AsyncAssistantEventHandler
 from openai.types.beta import AssistantStreamEvent
 from openai.types.beta.threads import Message, Text, TextDelta
 from openai.types.beta.threads.runs import RunStep, ToolCall
 
 from runmachine.testing import Emulator, Scenario
+
+from .emu_support import make_assistant
 
 pytestmark = [
     pytest.mark.anyio,

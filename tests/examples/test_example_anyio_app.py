@@ -4,6 +4,7 @@ and the one cancelled from outside is cancelled on the server too."""
 from __future__ import annotations
 
 import pytest
+
 from .example_loader import load
 
 anyio_app = load("anyio_app")

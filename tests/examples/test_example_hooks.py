@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+
 from .example_loader import load
 
 hooks = load("hooks")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from .example_loader import load
 
 parallel_tools = load("parallel_tools")

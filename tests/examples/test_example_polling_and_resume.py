@@ -4,6 +4,7 @@ started elsewhere and taken over by id."""
 from __future__ import annotations
 
 import pytest
+
 from .example_loader import load
 
 example = load("polling_and_resume")

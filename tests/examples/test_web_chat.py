@@ -104,7 +104,9 @@ def test_the_page_shows_a_tool_calling_run(app_url: str, browser: Any, tmp_path:
     browser.get(app_url)
     assert browser.find_element(By.ID, "state_pending").get_attribute("class") == "node lit"
     field = browser.find_element(By.ID, "input")
-    field.clear()
+    # A hint, not a value: typed text is the whole message, never appended to a pre-filled one.
+    assert field.get_attribute("value") == ""
+    assert "get_current_temperature" in (field.get_attribute("placeholder") or "")
     field.send_keys(MESSAGE)
     browser.find_element(By.ID, "send").click()
 
