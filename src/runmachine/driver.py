@@ -48,6 +48,7 @@ from runmachine.core import RunCore, required_call_ids
 from runmachine.errors import (
     DuplicateSubmission,
     HookError,
+    LedgerError,
     RequiresActionLoop,
     RunAborted,
     RunMachineError,
@@ -93,7 +94,7 @@ class Driver:
         self.options = options
         self.tools = dict(tools)
         self.owner = owner
-        self.ledger = ledger
+        self.ledger: Ledger = _Checked(ledger)
         self.machine_name = machine_name
         self.on_tool_error = on_tool_error
         self.sink = sink
@@ -107,7 +108,7 @@ class Driver:
         self.error: str | None = None
         self.limiter = anyio.CapacityLimiter(options.tool_concurrency)
         self.failing: tuple[ToolCallRecord, BaseException] | None = None
-        self.hook_failed: HookError | None = None
+        self.round_failed: HookError | LedgerError | None = None
         self.round_scope: anyio.CancelScope | None = None
 
     # ----------------------------------------------------------------------------------------
@@ -283,10 +284,11 @@ class Driver:
         async def one(call: RequiredCall) -> None:
             try:
                 await attempt(call)
-            except HookError as exc:
-                # A hook's failure stops the round (no exception group); raised after it.
-                if self.hook_failed is None:
-                    self.hook_failed = exc
+            except (HookError, LedgerError) as exc:
+                # A hook's or the ledger's failure stops the round (no exception group); raised
+                # after it, and never passed off as the tool's.
+                if self.round_failed is None:
+                    self.round_failed = exc
                 assert self.round_scope is not None
                 self.round_scope.cancel()
 
@@ -324,12 +326,19 @@ class Driver:
                             )
                 output = encode_output(value)
                 finished = time.monotonic()
-                await ledger.call_finished(run.id, call.id, round_no, name, arguments, output, None)
+                try:
+                    await ledger.call_finished(
+                        run.id, call.id, round_no, name, arguments, output, None
+                    )
+                except LedgerError as exc:
+                    # The tool ran (its effect happened): what it returned is kept in the error.
+                    exc.call_id, exc.output = call.id, output
+                    raise
                 results[call.id] = ToolCallRecord(
                     call.id, name, arguments, output, None, round_no, started, finished
                 )
                 await core.call_hook("on_tool_finished", results[call.id])
-            except HookError:
+            except (HookError, LedgerError):
                 raise
             except ToolError as exc:
                 await self._tool_failed(
@@ -369,8 +378,8 @@ class Driver:
                     for call in calls:
                         tg.start_soon(one, call)
         self.round_scope = None
-        if self.hook_failed is not None:
-            raise self.hook_failed
+        if self.round_failed is not None:
+            raise self.round_failed
         if self.failing is not None:
             record, cause = self.failing
             self.records.extend(r for r in results.values() if r is not record)
@@ -654,6 +663,75 @@ class Driver:
                 raise
 
 
+class _Checked:
+    """The ledger as the driver uses it: a failure of the ledger itself (a full disk, a lost
+    database) is a ``LedgerError`` naming the operation, never mistaken for a tool's error."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.inner = ledger
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+    async def _do(self, what: str, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except LedgerError:
+            raise
+        except Exception as exc:
+            raise LedgerError(
+                f"the ledger {self.inner!r} failed to record {what} "
+                f"({type(exc).__name__}: {exc}); the run was cancelled, since what it "
+                "guarantees no longer holds"
+            ) from exc
+
+    async def record_run(self, run_id: str, thread_id: str, status: str, machine: str) -> None:
+        await self._do(f"run {run_id}", self.inner.record_run(run_id, thread_id, status, machine))
+
+    async def call_started(
+        self, run_id: str, call_id: str, round: int, name: str, arguments: str
+    ) -> None:
+        await self._do(
+            f"the start of call {call_id} ({name})",
+            self.inner.call_started(run_id, call_id, round, name, arguments),
+        )
+
+    async def call_finished(
+        self,
+        run_id: str,
+        call_id: str,
+        round: int,
+        name: str,
+        arguments: str,
+        output: str,
+        error: str | None,
+    ) -> None:
+        await self._do(
+            f"the output of call {call_id} ({name})",
+            self.inner.call_finished(run_id, call_id, round, name, arguments, output, error),
+        )
+
+    async def round_submitted(self, run_id: str, round: int, call_ids: frozenset[str]) -> None:
+        await self._do(
+            f"round {round} of run {run_id} as submitted",
+            self.inner.round_submitted(run_id, round, call_ids),
+        )
+
+    async def round_accepted(self, run_id: str, round: int) -> None:
+        await self._do(
+            f"round {round} of run {run_id} as accepted",
+            self.inner.round_accepted(run_id, round),
+        )
+
+    async def load(self, run_id: str) -> RunEntry | None:
+        entry: RunEntry | None = await self._do(f"run {run_id} (load)", self.inner.load(run_id))
+        return entry
+
+    async def runs(self) -> list[RunEntry]:
+        entries: list[RunEntry] = await self._do("the runs (list)", self.inner.runs())
+        return entries
+
+
 def _is_api_error(error: BaseException) -> bool:
     import openai
 
@@ -697,9 +775,11 @@ def _recorded_outputs(entry: RunEntry, calls: Iterable[RequiredCall]) -> dict[st
 
 
 def _canonical(arguments: str) -> str:
+    """The arguments in one spelling, so that a loop guard sees equal calls as equal; arguments
+    that cannot be decoded (or are nested too deeply) compare as the text they are."""
     try:
         return json.dumps(json.loads(arguments), sort_keys=True, separators=(",", ":"))
-    except ValueError:
+    except (ValueError, RecursionError):
         return arguments
 
 

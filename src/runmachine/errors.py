@@ -44,7 +44,12 @@ class MachineBusy(RunMachineError):
 
 class LedgerError(RunMachineError):
     """A ledger that cannot be used: a file from a newer runmachine, a corrupt file, a file that
-    is not a ledger. The message names the file and what is wrong with it."""
+    is not a ledger; or a write that failed during a run (the run is then cancelled). The
+    message names the ledger and what is wrong. When the failed write was a tool's output,
+    ``call_id`` and ``output`` keep what the tool returned."""
+
+    call_id: str | None = None
+    output: str | None = None
 
 
 class ToolError(RunMachineError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
@@ -60,6 +61,10 @@ class ToolSpec:
         """Decode and validate the model's argument string; raises ``ToolError``."""
         try:
             raw = json.loads(arguments) if arguments.strip() else {}
+        except RecursionError:
+            raise ToolError(
+                "invalid_json", f"arguments for {self.name} are nested too deeply to decode"
+            ) from None
         except ValueError as exc:
             raise ToolError(
                 "invalid_json", f"arguments for {self.name} are not valid JSON: {exc}"
@@ -100,20 +105,26 @@ def _spec_for(
     is_method = bool(params) and params[0].name == "self"
     if is_method:
         params = params[1:]
-    hints = _type_hints(func)
+    tool_name = name or func.__name__
+    where = f"tool {tool_name!r} ({func.__module__}.{func.__qualname__})"
+    hints = _type_hints(func, where)
     fields: dict[str, Any] = {}
     for param in params:
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            raise TypeError(f"tool {func.__qualname__}: *args and **kwargs cannot be described")
+            raise TypeError(f"{where}: *args and **kwargs cannot be described")
         annotation = hints.get(param.name, Any)
+        _check_describable(where, param.name, annotation)
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (annotation, default)
-    model = pydantic.create_model(
-        f"{func.__name__}_arguments",
-        __config__=pydantic.ConfigDict(extra="forbid"),
-        **fields,
-    )
-    schema = model.model_json_schema()
+    try:
+        model = pydantic.create_model(
+            f"{func.__name__}_arguments",
+            __config__=pydantic.ConfigDict(extra="forbid"),
+            **fields,
+        )
+        schema = model.model_json_schema()
+    except (pydantic.PydanticUserError, pydantic.PydanticSchemaGenerationError) as exc:
+        raise TypeError(f"{where}: its parameters cannot be described as JSON: {exc}") from None
     schema.pop("title", None)
     for prop in schema.get("properties", {}).values():
         prop.pop("title", None)
@@ -130,17 +141,62 @@ def _spec_for(
     )
 
 
-def _type_hints(func: Callable[..., Any]) -> dict[str, Any]:
-    import typing
-
+def _type_hints(func: Callable[..., Any], where: str) -> dict[str, Any]:
+    """The resolved annotations; an unresolvable one is an error naming its parameter."""
     try:
         return typing.get_type_hints(func, include_extras=True)
-    except Exception:  # unresolvable forward references: fall back to the raw annotations
-        return dict(getattr(func, "__annotations__", {}))
+    except Exception:
+        pass
+    hints: dict[str, Any] = {}
+    namespace = getattr(func, "__globals__", {})
+    for param, annotation in getattr(func, "__annotations__", {}).items():
+        if param == "return":
+            continue
+        for _ in range(3):  # a quoted annotation under ``from __future__ import annotations``
+            if not isinstance(annotation, str):
+                break
+            try:
+                annotation = eval(annotation, namespace)  # as typing.get_type_hints does
+            except Exception as exc:
+                raise TypeError(
+                    f"{where}: the type of parameter {param!r} ({annotation}) cannot be "
+                    f"resolved ({type(exc).__name__}: {exc}); import the names it uses at the "
+                    "module's top level"
+                ) from None
+        hints[param] = annotation
+    return hints
+
+
+def _check_describable(where: str, param: str, annotation: Any) -> None:
+    """The parameter's type has a JSON schema, or the error names the tool and the parameter."""
+    try:
+        pydantic.TypeAdapter(annotation).json_schema()
+    except (pydantic.PydanticUserError, pydantic.PydanticSchemaGenerationError):
+        shown = (
+            f"{annotation.__module__}.{annotation.__qualname__}"
+            if isinstance(annotation, type)
+            else repr(annotation)
+        )
+        raise TypeError(
+            f"{where}: parameter {param!r} has type {shown}, which has no JSON schema; use "
+            "types that JSON describes (str, int, float, bool, None, list, dict, Literal, "
+            "enums, dataclasses, TypedDicts, pydantic models)"
+        ) from None
 
 
 @overload
 def tool(func: F, /) -> F: ...
+
+
+@overload
+def tool(
+    name: str,
+    /,
+    *,
+    description: str | None = None,
+    timeout: float | None = None,
+    idempotent: bool = True,
+) -> Callable[[F], F]: ...
 
 
 @overload
@@ -154,7 +210,7 @@ def tool(
 
 
 def tool(
-    func: F | None = None,
+    func: F | str | None = None,
     /,
     *,
     name: str | None = None,
@@ -164,10 +220,22 @@ def tool(
 ) -> F | Callable[[F], F]:
     """Mark a function as a tool the model may call.
 
-    ``name`` defaults to the function's name and ``description`` to its docstring. ``timeout``
-    (seconds) bounds one call; past it the call gets an error output. ``idempotent=False`` marks a
-    tool that must never run twice for one call.
+    ``name`` (also accepted as the only positional argument, ``@tool("name")``) defaults to the
+    function's name and ``description`` to its docstring. ``timeout`` (seconds) bounds one call;
+    past it the call gets an error output. ``idempotent=False`` marks a tool that must never run
+    twice for one call. A parameter whose type has no JSON schema is refused here, naming the
+    tool and the parameter.
     """
+    if isinstance(func, str):
+        if name is not None:
+            raise TypeError(f"@tool({func!r}, name={name!r}): give the tool's name once")
+        name, func = func, None
+    if func is not None and not callable(func):
+        raise TypeError(f"@tool needs a function, got {type(func).__name__} {func!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+    ):
+        raise TypeError(f"@tool(timeout=...) must be a number of seconds > 0, got {timeout!r}")
 
     def mark(f: F) -> F:
         spec = _spec_for(
@@ -200,12 +268,36 @@ def as_spec(obj: Any) -> ToolSpec:
 
 
 def encode_output(value: Any) -> str:
-    """A tool's return value as the output string: ``str`` as is, anything else as JSON."""
+    """A tool's return value as the output string: ``str`` as is, anything else as JSON.
+
+    Raises ``ToolError("invalid_output")`` for what cannot be sent: a string that is not valid
+    Unicode text (a lone surrogate), NaN or infinity (not JSON), a structure too deep to encode.
+    """
+    text: str
     if isinstance(value, str):
-        return value
-    if isinstance(value, pydantic.BaseModel):
-        return value.model_dump_json()
-    return json.dumps(value, default=_json_default, ensure_ascii=False)
+        text = value
+    elif isinstance(value, pydantic.BaseModel):
+        text = value.model_dump_json()
+    else:
+        try:
+            text = json.dumps(value, default=_json_default, ensure_ascii=False, allow_nan=False)
+        except ValueError as exc:
+            raise ToolError(
+                "invalid_output", f"the tool returned a value that is not JSON: {exc}"
+            ) from exc
+        except RecursionError:
+            raise ToolError(
+                "invalid_output", "the tool returned a structure nested too deeply to encode"
+            ) from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ToolError(
+            "invalid_output",
+            f"the tool's output is not valid text: {exc.reason} at index {exc.start} "
+            f"({text[max(exc.start - 10, 0) : exc.end + 10]!r})",
+        ) from exc
+    return text
 
 
 def _json_default(value: Any) -> Any:

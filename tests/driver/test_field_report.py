@@ -1,0 +1,163 @@
+"""Failures users met in the field, each reproduced end to end against the emulator and fixed.
+
+The item numbers are those of the field report (the issue tracker's "Field report" issue).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+import anyio
+import pytest
+
+from runmachine import (
+    HookError,
+    LedgerError,
+    MachineBusy,
+    MemoryLedger,
+    RunMachine,
+    ToolFailed,
+    tool,
+)
+from runmachine.testing import Emulator, Scenario
+
+pytestmark = pytest.mark.anyio
+
+
+class Tools(RunMachine):
+    @tool
+    def explode(self) -> str:
+        raise ValueError("kaboom")
+
+    @tool
+    def other(self) -> str:
+        raise KeyError("other")
+
+    @tool
+    def nan(self) -> float:
+        return float("nan")
+
+    @tool
+    def surrogate(self) -> str:
+        return "x\ud800y"
+
+    @tool
+    def charge(self) -> str:
+        return "charged card 4242"
+
+    @tool
+    def echo(self, value: Any = None) -> str:
+        return "seen"
+
+
+class PolicyRaises(Tools):
+    def on_tool_error(self, tool_call: Any, error: BaseException) -> bool:
+        raise RuntimeError("policy is broken")
+
+
+@pytest.mark.parametrize("calls", [1, 2])
+async def test_3_an_on_tool_error_that_raises_is_a_hook_error_for_any_round_size(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any, calls: int
+) -> None:
+    emulator.enqueue(Scenario().tool_round([("explode", {}), ("other", {})][:calls]))
+    thread_id, assistant_id = await thread_and_assistant(PolicyRaises)
+    machine = PolicyRaises(openai_client)
+    with pytest.raises(HookError, match="hook on_tool_error raised RuntimeError") as info:
+        await machine.run(thread_id=thread_id, assistant_id=assistant_id)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert machine.run_id is not None
+    assert emulator.run_stats(machine.run_id).submissions_received == 0
+
+
+class FailsOnExplode(Tools):
+    def on_tool_error(self, tool_call: Any, error: BaseException) -> bool:
+        return True
+
+
+async def test_3_tool_failed_chains_the_tools_own_exception(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
+    emulator.enqueue(Scenario().tool_round([("explode", {})]))
+    thread_id, assistant_id = await thread_and_assistant(FailsOnExplode)
+    with pytest.raises(ToolFailed) as info:
+        await FailsOnExplode(openai_client).run(thread_id=thread_id, assistant_id=assistant_id)
+    cause = info.value.__cause__
+    assert isinstance(cause, ValueError) and str(cause) == "kaboom"
+
+
+class DiskFull(MemoryLedger):
+    """A ledger whose disk fills up just as a tool's output is recorded."""
+
+    async def call_finished(self, *args: Any, **kwargs: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+
+async def test_30_a_failed_ledger_write_is_never_passed_off_as_the_tools_failure(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
+    emulator.enqueue(Scenario().tool_round([("charge", {})]).reply("never"))
+    thread_id, assistant_id = await thread_and_assistant(Tools)
+    machine = Tools(openai_client, ledger=DiskFull())
+    with pytest.raises(LedgerError) as info:
+        await machine.run(thread_id=thread_id, assistant_id=assistant_id)
+    error = info.value
+    assert "failed to record the output of call" in str(error)
+    assert "OperationalError: disk I/O error" in str(error)
+    assert error.output == "charged card 4242"
+    assert isinstance(error.__cause__, sqlite3.OperationalError)
+    assert machine.run_id is not None
+    stats = emulator.run_stats(machine.run_id)
+    # Nothing was sent to the model as the tool's result; the run was cancelled.
+    assert stats.submissions_received == 0
+    assert stats.cancel_requests == 1
+
+
+async def test_31_outputs_that_cannot_be_sent_get_a_clear_error_output(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
+    deep = "[" * 3000 + "]" * 3000
+    emulator.enqueue(
+        Scenario()
+        .tool_round([("nan", {}), ("surrogate", {}), ("echo", f'{{"value": {deep}}}')])
+        .reply("Coped.")
+    )
+    thread_id, assistant_id = await thread_and_assistant(Tools)
+    result = await Tools(openai_client).run(thread_id=thread_id, assistant_id=assistant_id)
+    assert result.status == "completed"
+    errors = [json.loads(c.output)["error"] for c in result.tool_calls]
+    assert [e["type"] for e in errors] == ["invalid_output", "invalid_output", "invalid_json"]
+    assert "not JSON" in errors[0]["message"]
+    assert "surrogates not allowed" in errors[1]["message"]
+    assert "nested too deeply" in errors[2]["message"]
+    stats = emulator.run_stats(result.run.id)
+    assert stats.submissions_accepted == 1 and stats.submissions_rejected == 0
+
+
+class Slow(Tools):
+    @tool
+    async def wait(self) -> str:
+        await anyio.sleep_forever()
+        return "never"
+
+
+async def test_14_a_second_concurrent_run_on_one_machine_says_what_to_do(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
+    emulator.enqueue(Scenario().tool_round([("wait", {})]))
+    thread_id, assistant_id = await thread_and_assistant(Slow)
+    other_thread, _ = await thread_and_assistant(Slow)
+    started = anyio.Event()
+
+    class Watch(Slow):
+        async def on_tool_started(self, tool_call: Any) -> None:
+            started.set()
+
+    machine = Watch(openai_client)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: machine.run(thread_id=thread_id, assistant_id=assistant_id))
+        await started.wait()
+        with pytest.raises(MachineBusy, match=r"already driving run run_\w+; a RunMachine drives"):
+            await machine.run(thread_id=other_thread, assistant_id=assistant_id)
+        tg.cancel_scope.cancel()
