@@ -104,7 +104,7 @@ def test_scenario_loop_is_stopped_by_the_guard_and_exits_1() -> None:
     assert re.search(
         r"the emulator saw: run cancel(led|ling), 4 tool rounds, 3 submissions \(3 accepted", out
     ), out
-    assert "stopped in cancelling" in out
+    assert "stopped in cancelled" in out
 
 
 def test_scenario_slow_tool_is_cut_before_the_run_expires() -> None:

@@ -39,6 +39,7 @@ from runmachine.backends.base import (
     EventSource,
     RequiredCall,
     RunRef,
+    ServerTime,
     StreamLost,
     is_refusal,
     is_transient,
@@ -63,6 +64,8 @@ from runmachine.result import RunResult
 from runmachine.tools import ToolSpec, encode_output, error_output
 
 __all__ = ["Driver", "EventStream", "ToolErrorPolicy"]
+
+T = TypeVar("T")
 
 #: ``on_tool_error(record, error)``: True fails the whole run instead of sending the error output.
 ToolErrorPolicy = Callable[[ToolCallRecord, BaseException], "Awaitable[bool | None] | bool | None"]
@@ -110,6 +113,8 @@ class Driver:
         self.failing: tuple[ToolCallRecord, BaseException] | None = None
         self.round_failed: HookError | LedgerError | None = None
         self.round_scope: anyio.CancelScope | None = None
+        #: The latest server timestamp of the run seen live (``created_at``, ``started_at``).
+        self.run_clock: ServerTime | None = None
 
     # ----------------------------------------------------------------------------------------
     # Entry points
@@ -132,7 +137,7 @@ class Driver:
                     f"resume(run_id={run_id!r}) needs thread_id: the ledger "
                     f"{self.ledger!r} has no record of that run"
                 )
-            run, _ = await self.backend.retrieve(RunRef(run_id, scope))
+            run, _ = await self._read_back(RunRef(run_id, scope))
             # Whatever the run said before now was not seen here: re-read it at the end.
             self.lost_content = True
             if entry is not None:
@@ -250,7 +255,7 @@ class Driver:
     async def _same_round_again(self, run: Run, sent: RoundEntry, entry: RunEntry) -> None:
         """The server presents a round whose outputs were already submitted."""
         call_ids = sent.call_ids
-        confirmed, _ = await self.backend.retrieve(self.backend.ref(run))
+        confirmed, _ = await self._read_back(self.backend.ref(run))
         if (
             confirmed.status != lifecycle.REQUIRES_ACTION
             or required_call_ids(confirmed) != call_ids
@@ -468,11 +473,29 @@ class Driver:
                 self.round_scope.cancel()
 
     def _round_deadline(self, run: Run) -> float:
+        """When this round's outputs must be submitted, on the local monotonic clock.
+
+        ``expires_at`` is the server's time, so the time left is measured on the server's clock,
+        never this machine's (which may be hours off): the server's time now is estimated from
+        what it said of it (its ``Date`` header, the run's own timestamps seen as they
+        happened), then carried forward on the local monotonic clock (anyio's: trio keeps its
+        own). Both readings are whole seconds, so the estimate is at most about a second early,
+        which ``deadline_margin`` covers.
+        """
         if run.expires_at is None:
             return math.inf
-        remaining = run.expires_at - time.time() - self.options.deadline_margin
-        # anyio's clock, not time.monotonic(): trio keeps its own.
-        return anyio.current_time() + max(remaining, 0.0)
+        now = anyio.current_time()
+        server_now = self._server_now(now)
+        if server_now is None:
+            # The server never said its time: this machine's clock is all there is.
+            server_now = time.time()
+        remaining = run.expires_at - server_now - self.options.deadline_margin
+        return now + max(remaining, 0.0)
+
+    def _server_now(self, now: float) -> float | None:
+        readings = [self.backend.server_time(), self.run_clock]
+        known = [r.seconds + (now - r.local) for r in readings if r is not None]
+        return max(known) if known else None
 
     # ----------------------------------------------------------------------------------------
     # Submission
@@ -512,7 +535,7 @@ class Driver:
             except Exception as exc:
                 if is_refusal(exc):
                     # Refused: most often the run moved on meanwhile (expired, cancelled, ...).
-                    confirmed, _ = await backend.retrieve(ref)
+                    confirmed, _ = await self._read_back(ref)
                     if _waits_on(confirmed, call_ids):
                         raise
                     await moved_on(confirmed)
@@ -525,7 +548,7 @@ class Driver:
                 await accepted()
                 self.lost_content = True
                 return
-            confirmed, _ = await backend.retrieve(ref)
+            confirmed, _ = await self._read_back(ref)
             if _waits_on(confirmed, call_ids):
                 # The server still waits on this very round: it never took the submission.
                 await core.submission_not_accepted(confirmed)
@@ -562,6 +585,8 @@ class Driver:
                     await opened()
                 async for event in events:
                     await feed(event)
+                    if event.event in lifecycle.LIFECYCLE_EVENTS:
+                        self._saw_run_time(event.data)
                     if sink is not None:
                         await sink(event)
         except StreamLost as exc:
@@ -569,6 +594,18 @@ class Driver:
             raise
         if core.state not in lifecycle.STREAM_MAY_END:
             raise StreamLost(f"the stream ended in state {core.state!r}")
+
+    def _saw_run_time(self, run: Run) -> None:
+        """A lifecycle event arrives as it happens: the run's newest timestamp is (to the second)
+        the server's time now."""
+        stamps = [t for t in (run.created_at, run.started_at) if isinstance(t, (int, float))]
+        if not stamps:
+            return
+        reading = ServerTime(float(max(stamps)), anyio.current_time())
+        known = self.run_clock
+        # Each reading is a lower bound of the server's time; keep the highest, carried forward.
+        if known is None or reading.seconds > known.seconds + (reading.local - known.local):
+            self.run_clock = reading
 
     # ----------------------------------------------------------------------------------------
     # Polling and recovery
@@ -579,13 +616,40 @@ class Driver:
         ref = self._ref()
         interval = self.options.poll_interval
         while True:
-            run, poll_after = await self.backend.retrieve(ref)
+            run, poll_after = await self._read_back(ref)
             await core.observe_status(run)
             if core.is_finished or core.state == lifecycle.REQUIRES_ACTION:
                 return
             await anyio.sleep(poll_after if poll_after is not None else interval)
             if poll_after is None:
                 interval = min(interval * 1.5, self.options.max_poll_interval)
+
+    async def _read_back(self, ref: RunRef) -> tuple[Run, float | None]:
+        """The run as the server has it, read through a short outage: a transient failure (a
+        5xx, a 429, a dropped connection; the SDK's own retries spent) is tried again with
+        back-off, ``recovery_attempts`` times in a row at most, then the run is given up with a
+        ``RunAborted`` that says so (and the server run is cancelled on the way out)."""
+        delay = 0.25
+        for attempt in range(1, self.options.recovery_attempts + 1):
+            try:
+                read: tuple[Run, float | None] = await self.backend.retrieve(ref)
+                return read
+            except Exception as exc:
+                if not is_transient(exc) or attempt == self.options.recovery_attempts:
+                    if not is_transient(exc):
+                        raise
+                    self.error = (
+                        f"gave up reading run {ref.run_id} back after "
+                        f"{self.options.recovery_attempts} failed attempts in a row "
+                        f"(last: {type(exc).__name__}: {exc})"
+                    )
+                    with anyio.CancelScope(shield=True):
+                        await self._cancel_server_run()
+                    raise RunAborted(self.error, self.result()) from exc
+                wait = retry_after(exc)
+            await anyio.sleep(wait if wait is not None else delay)
+            delay = min(delay * 2, 8.0)
+        raise AssertionError("unreachable")
 
     async def _recover_content(self) -> None:
         """Text lost with a stream (or never streamed) comes back from the server."""
@@ -647,6 +711,11 @@ class Driver:
             await self.ledger.record_run(core.run_id, core.thread_id, core.state, self.machine_name)
 
     async def _cancel_server_run(self) -> None:
+        """Cancel the server run and wait for the cancel to land, all within ``cancel_timeout``
+        (shielded): the request is retried while the server cannot take it (a 5xx, a 429, a
+        dropped connection), then the run is read back until it has ended, so the core reports
+        the state the run reached (``cancelled``, or however else it ended), not ``cancelling``.
+        """
         core = self.core
         if core.current_run() is None or core.is_finished:
             return
@@ -654,13 +723,34 @@ class Driver:
         with anyio.move_on_after(self.options.cancel_timeout, shield=True):
             with suppress(RunMachineError):
                 await core.request_cancel()
-            try:
-                core.remember_run(await self.backend.cancel(ref))
-            except Exception as exc:
-                if is_transient(exc) or is_refusal(exc) or _is_api_error(exc):
-                    # Already finished, or unreachable: nothing more can be done from here.
+            run = await self._retrying(lambda: self.backend.cancel(ref))
+            delay = 0.05
+            while run is not None:
+                # A failing hook must not stop the run from being cancelled.
+                with suppress(RunMachineError):
+                    await core.observe_status(run)
+                if core.is_finished or run.status in lifecycle.TERMINAL_STATES:
                     return
-                raise
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                read = await self._retrying(lambda: self.backend.retrieve(ref))
+                run = read[0] if read is not None else None
+
+    async def _retrying(self, request: Callable[[], Awaitable[T]]) -> T | None:
+        """``request()``, tried again while it fails transiently (inside the caller's bound);
+        ``None`` when the server refuses it (the run has already ended, say)."""
+        delay = 0.1
+        while True:
+            try:
+                return await request()
+            except Exception as exc:
+                if is_refusal(exc) or (_is_api_error(exc) and not is_transient(exc)):
+                    return None
+                if not is_transient(exc):
+                    raise
+                wait = retry_after(exc)
+            await anyio.sleep(wait if wait is not None else delay)
+            delay = min(delay * 2, 2.0)
 
 
 class _Checked:
@@ -799,9 +889,6 @@ class _NoLimit:
 
 
 _NO_LIMIT = _NoLimit()
-
-
-T = TypeVar("T")
 
 
 class EventStream(Generic[T]):

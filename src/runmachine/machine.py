@@ -119,6 +119,7 @@ class RunMachine:
         poll_interval: float = 1.0,
         max_poll_interval: float = 8.0,
         submit_attempts: int = 4,
+        recovery_attempts: int = 6,
         cancel_timeout: float = 10.0,
         **unknown: Never,
     ) -> None:
@@ -154,6 +155,7 @@ class RunMachine:
                 poll_interval=poll_interval,
                 max_poll_interval=max_poll_interval,
                 submit_attempts=submit_attempts,
+                recovery_attempts=recovery_attempts,
                 cancel_timeout=cancel_timeout,
             )
         except OptionError as exc:

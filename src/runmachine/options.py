@@ -77,6 +77,9 @@ class DriverOptions:
     """The longest wait between polls as the interval backs off."""
     submit_attempts: int = attrs.field(default=4, validator=_integer(1))
     """Attempts at one round's submission when the server did not take it."""
+    recovery_attempts: int = attrs.field(default=6, validator=_integer(1))
+    """Attempts in a row at reading a run back (polling, reconciling after a lost stream or a
+    failed submit) through transient failures, with back-off, before giving the run up."""
     cancel_timeout: float = attrs.field(default=10.0, validator=_seconds(positive=True))
     """Bound on the shielded ``runs.cancel`` made when a run is abandoned."""
 

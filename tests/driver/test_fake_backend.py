@@ -106,6 +106,9 @@ class ScriptedBackend:
     async def messages(self, ref: RunRef) -> list[Any]:
         return []
 
+    def server_time(self) -> None:
+        return None
+
 
 def _calls(*ids: str, name: str = "add") -> dict[str, Any]:
     action = required_action(*ids)

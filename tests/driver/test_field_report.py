@@ -10,6 +10,7 @@ import sqlite3
 from typing import Any
 
 import anyio
+import openai
 import pytest
 
 from runmachine import (
@@ -17,11 +18,13 @@ from runmachine import (
     LedgerError,
     MachineBusy,
     MemoryLedger,
+    RequiresActionLoop,
+    RunAborted,
     RunMachine,
     ToolFailed,
     tool,
 )
-from runmachine.testing import Emulator, Scenario
+from runmachine.testing import Emulator, Faults, HTTPFault, Scenario
 
 pytestmark = pytest.mark.anyio
 
@@ -161,3 +164,135 @@ async def test_14_a_second_concurrent_run_on_one_machine_says_what_to_do(
         with pytest.raises(MachineBusy, match=r"already driving run run_\w+; a RunMachine drives"):
             await machine.run(thread_id=other_thread, assistant_id=assistant_id)
         tg.cancel_scope.cancel()
+
+
+class Clocked(RunMachine):
+    @tool
+    async def instant(self) -> str:
+        await anyio.lowlevel.checkpoint()  # as any real async tool awaits something
+        return "at once"
+
+    @tool
+    async def hang(self) -> str:
+        # Long past the run's five seconds of life; returns (too late) only if never cut.
+        await anyio.sleep(15)
+        return "too late"
+
+
+@pytest.mark.parametrize("skew", [-3600.0, -3.0])
+async def test_1_a_server_clock_behind_ours_does_not_cut_tools_at_once(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any, skew: float
+) -> None:
+    # On this machine's clock the run has already expired (by an hour, or nearly so): a
+    # deadline measured on it would cut even an instant tool before it ran.
+    emulator.clock_offset = skew
+    emulator.enqueue(Scenario(ttl=5.0).tool_round([("instant", {})]).reply("Done."))
+    thread_id, assistant_id = await thread_and_assistant(Clocked)
+    machine = Clocked(openai_client, deadline_margin=2.0)
+    result = await machine.run(thread_id=thread_id, assistant_id=assistant_id)
+    assert result.status == "completed"
+    assert [c.output for c in result.tool_calls] == ["at once"]
+
+
+@pytest.mark.parametrize("skew", [3600.0, 3.0])
+async def test_1_a_server_clock_ahead_of_ours_still_cuts_a_slow_tool_in_time(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any, skew: float
+) -> None:
+    # On this machine's clock the run has an hour (or seconds) more than it has: a deadline
+    # measured on it would let the hanging tool run until the server expired the run.
+    emulator.clock_offset = skew
+    emulator.enqueue(Scenario(ttl=5.0).tool_round([("hang", {})]).reply("Done."))
+    thread_id, assistant_id = await thread_and_assistant(Clocked)
+    machine = Clocked(openai_client, deadline_margin=2.0)
+    result = await machine.run(thread_id=thread_id, assistant_id=assistant_id)
+    assert result.status == "completed"
+    (call,) = result.tool_calls
+    assert json.loads(call.output)["error"]["type"] == "deadline"
+    assert emulator.run_stats(result.run.id).submissions_accepted == 1
+
+
+class Looping(RunMachine):
+    @tool
+    def get_rain(self, city: str) -> float:
+        return 0.25
+
+
+async def test_2_a_guards_cancel_reports_the_state_the_run_reached(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
+    emulator.enqueue(Scenario().loop([("get_rain", {"city": "Oslo"})]))
+    thread_id, assistant_id = await thread_and_assistant(Looping)
+    machine = Looping(openai_client, max_identical_rounds=1)
+    with pytest.raises(RequiresActionLoop) as info:
+        await machine.run(thread_id=thread_id, assistant_id=assistant_id)
+    partial = info.value.result
+    assert partial is not None
+    assert partial.status == "cancelled" == emulator.run_stats(partial.run_id).status
+    assert machine.state == "cancelled"
+
+
+async def test_27_a_5xx_on_the_cancel_is_retried_within_the_bound(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
+    # The SDK's own retries are off for the cancel; two failures in a row are runmachine's to
+    # retry.
+    emulator.inject(HTTPFault("cancel_run", nth=1, status=503))
+    emulator.inject(HTTPFault("cancel_run", nth=2, status=500))
+    emulator.enqueue(Scenario().loop([("get_rain", {"city": "Oslo"})]))
+    thread_id, assistant_id = await thread_and_assistant(Looping)
+    machine = Looping(openai_client, max_identical_rounds=1)
+    with pytest.raises(RequiresActionLoop):
+        await machine.run(thread_id=thread_id, assistant_id=assistant_id)
+    assert machine.run_id is not None
+    assert emulator.run_stats(machine.run_id).status == "cancelled"
+    # The thread is free: a new run starts on it.
+    emulator.enqueue(Scenario.text("again"))
+    again = await Looping(openai_client).run(thread_id=thread_id, assistant_id=assistant_id)
+    assert again.status == "completed"
+
+
+async def test_28_a_short_polling_outage_does_not_turn_a_completed_run_into_an_error(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
+    # The stream drops, then the next three reads of the run answer 503 (the SDK's own two
+    # retries included): the read is tried again, and the run is seen completed.
+    emulator.enqueue(
+        Scenario()
+        .tool_round([("get_rain", {"city": "Oslo"})])
+        .reply("Dry in Oslo.")
+        .with_faults(
+            Faults(
+                drop_after={1: 2},
+                http_errors=[HTTPFault("retrieve_run", nth=n, status=503) for n in (1, 2, 3)],
+            )
+        )
+    )
+    thread_id, assistant_id = await thread_and_assistant(Looping)
+    result = await Looping(openai_client, poll_interval=0.02, max_poll_interval=0.05).run(
+        thread_id=thread_id, assistant_id=assistant_id
+    )
+    assert result.status == "completed"
+    assert result.text == "Dry in Oslo."
+
+
+async def test_28_an_outage_that_lasts_is_given_up_with_an_error_that_says_so(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
+    emulator.enqueue(
+        Scenario()
+        .tool_round([("get_rain", {"city": "Oslo"})])
+        .reply("Dry in Oslo.")
+        .with_faults(
+            Faults(
+                drop_after={1: 2},
+                http_errors=[HTTPFault("retrieve_run", nth=n, status=503) for n in range(1, 30)],
+            )
+        )
+    )
+    thread_id, assistant_id = await thread_and_assistant(Looping)
+    machine = Looping(openai_client.with_options(max_retries=0), recovery_attempts=2)
+    with pytest.raises(
+        RunAborted, match=r"gave up reading run run_\w+ back after 2 failed"
+    ) as info:
+        await machine.run(thread_id=thread_id, assistant_id=assistant_id)
+    assert isinstance(info.value.__cause__, openai.InternalServerError)

@@ -10,17 +10,26 @@ driver decides what to retry, after reading the run back.
 
 from __future__ import annotations
 
+import email.utils
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import attrs
 import httpx2
 import openai
 from openai.types.beta.threads import Message, Run
 
-from runmachine.backends.base import EventSource, RequiredCall, RunRef, StreamLost, SubmitMode
+from runmachine.backends.base import (
+    EventSource,
+    RequiredCall,
+    RunRef,
+    ServerTime,
+    StreamLost,
+    SubmitMode,
+)
 from runmachine.backends.sse import SSEParser, StreamError, build_event
 from runmachine.deprecation import quiet_deprecation
 
@@ -69,6 +78,21 @@ class AssistantsBackend:
     def __init__(self, client: openai.AsyncOpenAI) -> None:
         self.client = client
         self._no_retry = _no_retry_client(client)
+        self._server_time: ServerTime | None = None
+
+    def server_time(self) -> ServerTime | None:
+        return self._server_time
+
+    def _saw(self, headers: Any) -> None:
+        """Note the server's ``Date`` header (whole seconds of its clock)."""
+        value = headers.get("date") if headers is not None else None
+        if not value:
+            return
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return  # a Date header that is not one: nothing learnt
+        self._server_time = ServerTime(seconds, anyio.current_time())
 
     def submit_mode(self, streaming: bool) -> SubmitMode:
         return "new_stream" if streaming else "acknowledge"
@@ -99,7 +123,7 @@ class AssistantsBackend:
                         assistant_id=request.assistant_id, stream=True, **request.params
                     )
 
-        return _events(opener)
+        return _events(opener, self._saw)
 
     async def create_run(self, request: CreateRun | CreateThreadAndRun) -> Run:
         with quiet_deprecation():
@@ -159,7 +183,7 @@ class AssistantsBackend:
                     stream=True,
                 )
 
-        return _events(opener)
+        return _events(opener, self._saw)
 
     async def submit(self, ref: RunRef, outputs: Mapping[str, str]) -> Run:
         with quiet_deprecation():
@@ -176,6 +200,7 @@ class AssistantsBackend:
         with quiet_deprecation():
             pending = runs.with_raw_response.retrieve(run_id=ref.run_id, thread_id=ref.scope_id)
         raw = await pending
+        self._saw(raw.headers)
         poll_after = raw.headers.get("openai-poll-after-ms")
         return raw.parse(), (float(poll_after) / 1000 if poll_after else None)
 
@@ -203,10 +228,13 @@ _LOST = (StreamError, openai.APIConnectionError, httpx2.TransportError)
 
 
 @asynccontextmanager
-async def _events(opener: Callable[[], Any]) -> AsyncIterator[AsyncIterator[Any]]:
+async def _events(
+    opener: Callable[[], Any], saw: Callable[[Any], None]
+) -> AsyncIterator[AsyncIterator[Any]]:
     """One SSE response as an ``EventSource``: entered once the server answered 2xx."""
     try:
         async with opener() as response:
+            saw(response.http_response.headers)
             events = _decode(response)
             try:
                 yield events

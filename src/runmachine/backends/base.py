@@ -31,6 +31,7 @@ __all__ = [
     "EventSource",
     "RequiredCall",
     "RunRef",
+    "ServerTime",
     "StreamLost",
     "SubmitMode",
     "is_refusal",
@@ -128,6 +129,20 @@ class Backend(Protocol):
     async def messages(self, ref: RunRef) -> list[Any]:
         """Every message of the run, oldest first (to recover content a lost stream had)."""
         ...
+
+    def server_time(self) -> ServerTime | None:
+        """What the server's latest response said of its own time (its ``Date`` header), or
+        ``None`` before any said it."""
+        ...
+
+
+@attrs.frozen
+class ServerTime:
+    """One reading of the server's clock: ``seconds`` (Unix time, as the server reports it) seen
+    at ``local`` (``anyio.current_time()``, this process's monotonic clock)."""
+
+    seconds: float
+    local: float
 
 
 def is_transient(error: BaseException) -> bool:

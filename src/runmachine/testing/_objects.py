@@ -15,6 +15,7 @@ import re
 import secrets
 import string
 import time
+from contextvars import ContextVar
 from typing import Any
 
 JSON = dict[str, Any]
@@ -30,8 +31,23 @@ def new_id(prefix: str) -> str:
     return prefix + "_" + "".join(secrets.choice(_ALPHABET) for _ in range(24))
 
 
+#: Seconds the emulator's clock is ahead of this machine's (behind when negative), for the
+#: request being served: every timestamp it reports, and its ``Date`` header, carry it.
+CLOCK_OFFSET: ContextVar[float] = ContextVar("runmachine_emulator_clock_offset", default=0.0)
+
+
+def clock() -> float:
+    """The emulator's own time, in seconds (this machine's, shifted by ``clock_offset``)."""
+    return time.time() + CLOCK_OFFSET.get()
+
+
+def stamp(local: float) -> int:
+    """A local ``time.time()`` reading as the emulator reports it: whole seconds, shifted."""
+    return int(local + CLOCK_OFFSET.get())
+
+
 def now() -> int:
-    return int(time.time())
+    return int(clock())
 
 
 def error_body(

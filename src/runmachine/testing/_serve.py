@@ -50,6 +50,7 @@ def _config(emulator: Emulator, **kwargs: object) -> object:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=1,
+        date_header=False,  # the emulator sends its own, on its own clock
         **kwargs,  # type: ignore[arg-type]
     )
 

@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import email.utils
 import math
 import secrets
 import threading
@@ -179,7 +180,9 @@ class Emulator:
     (``"bare"`` as in the spec, or ``"wrapped"`` in ``{"error": ...}``); ``stream_cancelling``
     whether ``thread.run.cancelling`` is pushed into an open stream; ``poll_after_ms`` sent as
     ``openai-poll-after-ms`` on run retrieval; ``keepalive_interval`` idle seconds before a
-    ``: keep-alive`` comment on an open stream; ``queue_delay`` seconds a run stays ``queued``
+    ``: keep-alive`` comment on an open stream; ``clock_offset`` seconds the emulator's clock is
+    ahead of this machine's (behind when negative): every timestamp it reports and its ``Date``
+    header carry it, as a server on another host would; ``queue_delay`` seconds a run stays ``queued``
     before ``in_progress`` (after creation and after each submission).
     """
 
@@ -192,6 +195,7 @@ class Emulator:
         poll_after_ms: int | None = None,
         keepalive_interval: float = 1.0,
         queue_delay: float = 0.0,
+        clock_offset: float = 0.0,
     ) -> None:
         if error_shape not in ("bare", "wrapped"):
             raise ValueError("error_shape must be 'bare' or 'wrapped'")
@@ -203,6 +207,7 @@ class Emulator:
             "poll_after_ms": poll_after_ms,
             "keepalive_interval": keepalive_interval,
             "queue_delay": queue_delay,
+            "clock_offset": clock_offset,
         }
         self.run_ttl = run_ttl
         self.delta_delay = delta_delay
@@ -211,6 +216,7 @@ class Emulator:
         self.poll_after_ms = poll_after_ms
         self.keepalive_interval = keepalive_interval
         self.queue_delay = queue_delay
+        self.clock_offset = clock_offset
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -378,8 +384,8 @@ class Emulator:
             thread_id=thread_id,
             assistant=assistant,
             body=body,
-            created_at=int(started),
-            expires_at=math.floor(started + ttl),
+            created_at=ob.stamp(started),
+            expires_at=math.floor(started + ob.CLOCK_OFFSET.get() + ttl),
         )
         if scenario is not None:
             program = Program(scenario.ops)
@@ -687,6 +693,7 @@ class Emulator:
 
     def _build_app(self) -> Starlette:
         from starlette.applications import Starlette
+        from starlette.middleware import Middleware
         from starlette.routing import Route
 
         t = "/v1/threads/{thread_id}"
@@ -706,7 +713,7 @@ class Emulator:
             Route(r + "/steps", self._h_list_steps, methods=["GET"]),
             Route(r + "/steps/{step_id}", self._h_get_step, methods=["GET"]),
         ]
-        return Starlette(routes=routes)
+        return Starlette(routes=routes, middleware=[Middleware(_Clock, emulator=self)])
 
     @staticmethod
     def _headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -1350,3 +1357,27 @@ class _SSEResponse:
             await out(_frame(name, ob.dumps(data)))
             sent += 1
         return False
+
+
+class _Clock:
+    """ASGI middleware: serves each request on the emulator's clock (``clock_offset``), and sends
+    that clock's ``Date`` header, as a server on another host would."""
+
+    def __init__(self, app: Any, emulator: Emulator) -> None:
+        self.app = app
+        self.emulator = emulator
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ob.CLOCK_OFFSET.set(self.emulator.clock_offset)
+
+        async def dated(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                date = email.utils.formatdate(ob.clock(), usegmt=True).encode()
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"date"]
+                message = {**message, "headers": [*headers, (b"date", date)]}
+            await send(message)
+
+        await self.app(scope, receive, dated)
