@@ -296,3 +296,30 @@ async def test_28_an_outage_that_lasts_is_given_up_with_an_error_that_says_so(
     ) as info:
         await machine.run(thread_id=thread_id, assistant_id=assistant_id)
     assert isinstance(info.value.__cause__, openai.InternalServerError)
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        Faults(undecodable_data={0: 4}),
+        Faults(null_data={0: 3}),
+        Faults(null_data={1: 3}),
+    ],
+    ids=["invalid-utf8", "null-run-event", "null-after-submit"],
+)
+async def test_29_undecodable_data_falls_back_to_polling(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any, faults: Faults
+) -> None:
+    emulator.enqueue(
+        Scenario()
+        .tool_round([("get_rain", {"city": "Oslo"})])
+        .reply("Dry in Oslo.")
+        .with_faults(faults)
+    )
+    thread_id, assistant_id = await thread_and_assistant(Looping)
+    machine = Looping(openai_client, poll_interval=0.02, max_poll_interval=0.05)
+    result = await machine.run(thread_id=thread_id, assistant_id=assistant_id)
+    assert result.status == "completed"
+    assert result.text == "Dry in Oslo."
+    assert [type(e).__name__ for e in machine.core.stream_errors] == ["StreamError"]
+    assert emulator.run_stats(result.run.id).submissions_accepted == 1

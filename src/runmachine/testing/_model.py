@@ -102,6 +102,11 @@ class Faults:
     error_shape: Literal["bare", "wrapped"] | None = None
     unknown_event: Mapping[int, int] = attrs.field(factory=dict, converter=_int_map)
     malformed_data: Mapping[int, int] = attrs.field(factory=dict, converter=_int_map)
+    undecodable_data: Mapping[int, int] = attrs.field(factory=dict, converter=_int_map)
+    """Before the k-th event of stream n, a ``thread.message.delta`` whose data is not UTF-8."""
+    null_data: Mapping[int, int] = attrs.field(factory=dict, converter=_int_map)
+    """Before the k-th event of stream n, a repeat of the run's latest lifecycle event with
+    ``data: null``."""
     delta_delay: float | None = None
     lose_submit_response: frozenset[int] = attrs.field(factory=frozenset, converter=frozenset)
     submit_response_delay: float | None = None

@@ -36,6 +36,8 @@ What the SDK (openai 3.54, httpx2) sees for each fault, probed against this serv
 * ``unknown_event`` - ``event: thread.run.step.frobnicated`` with a JSON object: never raises.
 * ``malformed_data`` - ``event: thread.message.delta`` whose ``data:`` is not JSON: the SDK
   raises ``json.JSONDecodeError`` mid-stream.
+* ``undecodable_data`` - ``event: thread.message.delta`` whose ``data:`` bytes are not UTF-8.
+* ``null_data`` - the stream's latest run event again, with ``data: null``.
 """
 
 from __future__ import annotations
@@ -168,6 +170,8 @@ class _StreamPlan:
     error_event: int | None
     unknown_event: int | None
     malformed_data: int | None
+    undecodable_data: int | None
+    null_data: int | None
     error_shape: ErrorShape
 
 
@@ -1058,6 +1062,8 @@ class Emulator:
             error_event=faults.error_event.get(index),
             unknown_event=faults.unknown_event.get(index),
             malformed_data=faults.malformed_data.get(index),
+            undecodable_data=faults.undecodable_data.get(index),
+            null_data=faults.null_data.get(index),
             error_shape=faults.error_shape or self.error_shape,
         )
 
@@ -1319,6 +1325,7 @@ class _SSEResponse:
         """Send events until the segment ends (True) or a fault cuts the connection (False)."""
         plan = self._plan
         sent = 0
+        last_run_event: str | None = None
 
         async def out(chunk: bytes) -> None:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -1350,11 +1357,17 @@ class _SSEResponse:
                 )
             if plan.malformed_data == sent:
                 await out(_frame("thread.message.delta", '{"id": "msg_broken", "delta": {'))
+            if plan.undecodable_data == sent:
+                await out(b'event: thread.message.delta\ndata: {"id": "\xff\xfe"}\n\n')
+            if plan.null_data == sent and last_run_event is not None:
+                await out(_frame(last_run_event, "null"))
             if item is _END:
                 await out(_frame("done", "[DONE]"))
                 return True
             name, data = item
             await out(_frame(name, ob.dumps(data)))
+            if name.startswith("thread.run.") and not name.startswith("thread.run.step."):
+                last_run_event = name
             sent += 1
         return False
 
