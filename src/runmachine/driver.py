@@ -67,6 +67,9 @@ __all__ = ["Driver", "EventStream", "ToolErrorPolicy"]
 
 T = TypeVar("T")
 
+#: Seconds to wait, after the event that decides a stream, for the rest of it (its end).
+TAIL_WAIT = 0.5
+
 #: ``on_tool_error(record, error)``: True fails the whole run instead of sending the error output.
 ToolErrorPolicy = Callable[[ToolCallRecord, BaseException], "Awaitable[bool | None] | bool | None"]
 Sink = Callable[[AssistantStreamEvent], Awaitable[None]]
@@ -573,9 +576,15 @@ class Driver:
     async def _read(
         self, source: EventSource, opened: Callable[[], Awaitable[None]] | None = None
     ) -> None:
-        """Read one stream to its end, feeding the core. Raises ``StreamLost`` if it ends before
-        a terminal or ``requires_action`` event; HTTP errors before the first byte propagate.
-        ``opened`` is awaited once the server has answered 2xx, before the first event."""
+        """Read one stream, feeding the core. Raises ``StreamLost`` if it ends before a terminal
+        or ``requires_action`` event; HTTP errors before the first byte propagate. ``opened``
+        is awaited once the server has answered 2xx, before the first event.
+
+        The event that decides (the run ended, or waits on tools) is acted on at once: what
+        follows it (``[DONE]`` and the end of the body, read so the connection can be reused)
+        is waited for ``TAIL_WAIT`` seconds at most, so a server that keeps the connection
+        open after it neither stalls a finished run nor keeps the tools from starting.
+        """
         core = self.core
         feed = core.feed
         sink = self.sink
@@ -583,7 +592,17 @@ class Driver:
             async with source as events:
                 if opened is not None:
                     await opened()
-                async for event in events:
+                iterator = events.__aiter__()
+                while True:
+                    if core.state in lifecycle.STREAM_MAY_END:
+                        with anyio.move_on_after(TAIL_WAIT):
+                            async for _ in iterator:
+                                pass  # nothing comes after the deciding event but its end
+                        break
+                    try:
+                        event = await iterator.__anext__()
+                    except StopAsyncIteration:
+                        break
                     await feed(event)
                     if event.event in lifecycle.LIFECYCLE_EVENTS:
                         self._saw_run_time(event.data)

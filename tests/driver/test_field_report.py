@@ -323,3 +323,27 @@ async def test_29_undecodable_data_falls_back_to_polling(
     assert result.text == "Dry in Oslo."
     assert [type(e).__name__ for e in machine.core.stream_errors] == ["StreamError"]
     assert emulator.run_stats(result.run.id).submissions_accepted == 1
+
+
+async def test_26_a_server_that_keeps_the_stream_open_stalls_nothing(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
+    # Both streams stay open after their last event (keep-alives, never ``done``). The read
+    # timeout is the SDK's: without acting on the deciding event, run() would wait it out.
+    emulator.enqueue(
+        Scenario()
+        .tool_round([("get_rain", {"city": "Oslo"})])
+        .reply("Dry in Oslo.")
+        .with_faults(Faults(hold_open={0, 1}))
+    )
+    thread_id, assistant_id = await thread_and_assistant(Looping)
+    machine = Looping(openai_client.with_options(timeout=5.0))
+    # Keep-alives reset the read timeout, so without the fix this would wait for ever: the bound
+    # turns that hang into a failure (it is no measure of speed; the run takes about a second).
+    with anyio.fail_after(120):
+        result = await machine.run(thread_id=thread_id, assistant_id=assistant_id)
+    assert result.status == "completed"
+    assert result.text == "Dry in Oslo."
+    assert result.tool_calls[0].output == "0.25"
+    # Read as it came: no stream was lost to the read timeout (and polled back instead).
+    assert machine.core.stream_errors == []

@@ -104,6 +104,9 @@ class Faults:
     malformed_data: Mapping[int, int] = attrs.field(factory=dict, converter=_int_map)
     undecodable_data: Mapping[int, int] = attrs.field(factory=dict, converter=_int_map)
     """Before the k-th event of stream n, a ``thread.message.delta`` whose data is not UTF-8."""
+    hold_open: frozenset[int] = attrs.field(factory=frozenset, converter=frozenset)
+    """Streams (by index) that, after their last event, send neither ``done`` nor an end: only
+    keep-alive comments, for as long as the client listens."""
     null_data: Mapping[int, int] = attrs.field(factory=dict, converter=_int_map)
     """Before the k-th event of stream n, a repeat of the run's latest lifecycle event with
     ``data: null``."""

@@ -38,6 +38,8 @@ What the SDK (openai 3.54, httpx2) sees for each fault, probed against this serv
   raises ``json.JSONDecodeError`` mid-stream.
 * ``undecodable_data`` - ``event: thread.message.delta`` whose ``data:`` bytes are not UTF-8.
 * ``null_data`` - the stream's latest run event again, with ``data: null``.
+* ``hold_open`` - after its last event the stream sends keep-alives, never ``done``, and stays
+  open for as long as the client listens.
 """
 
 from __future__ import annotations
@@ -172,6 +174,7 @@ class _StreamPlan:
     malformed_data: int | None
     undecodable_data: int | None
     null_data: int | None
+    hold_open: bool
     error_shape: ErrorShape
 
 
@@ -1064,6 +1067,7 @@ class Emulator:
             malformed_data=faults.malformed_data.get(index),
             undecodable_data=faults.undecodable_data.get(index),
             null_data=faults.null_data.get(index),
+            hold_open=index in faults.hold_open,
             error_shape=faults.error_shape or self.error_shape,
         )
 
@@ -1362,6 +1366,12 @@ class _SSEResponse:
             if plan.null_data == sent and last_run_event is not None:
                 await out(_frame(last_run_event, "null"))
             if item is _END:
+                if plan.hold_open:
+                    while not gone.is_set():
+                        await out(b": keep-alive\n\n")
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(gone.wait(), timeout=self._keepalive)
+                    return False
                 await out(_frame("done", "[DONE]"))
                 return True
             name, data = item
