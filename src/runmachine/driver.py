@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -116,6 +117,12 @@ class Driver:
         self.failing: tuple[ToolCallRecord, BaseException] | None = None
         self.round_failed: HookError | LedgerError | None = None
         self.round_scope: anyio.CancelScope | None = None
+        #: The request that creates the run, and when it was sent (to find the run it created
+        #: when its answer never came).
+        self.request: Any = None
+        self.requested_at = 0.0
+        #: The id of a run found that way, and cancelled.
+        self.orphan: str | None = None
         #: The latest server timestamp of the run seen live (``created_at``, ``started_at``).
         self.run_clock: ServerTime | None = None
 
@@ -125,6 +132,7 @@ class Driver:
 
     async def create(self, request: Any) -> RunResult:
         """Create the run ``request`` describes (a backend request record) and drive it."""
+        self.request, self.requested_at = request, time.time()
         if not self.options.stream:
             return await self._guarded(self._poll_path(request))
         return await self._guarded(self._stream_path(request, time.time()))
@@ -718,6 +726,13 @@ class Driver:
                 # The ledger's own failure must not mask the run's.
                 with suppress(Exception):
                     await self._record_status()
+            if self.orphan is not None:
+                _add_note(
+                    exc,
+                    f"runmachine: the run this request created ({self.orphan}) was never "
+                    f"answered for; it was found on its thread and cancelled (now "
+                    f"{self.core.state})",
+                )
             if isinstance(exc, DuplicateSubmission) and exc.result is None:
                 exc.result = self.result()
             raise
@@ -736,10 +751,18 @@ class Driver:
         the state the run reached (``cancelled``, or however else it ended), not ``cancelling``.
         """
         core = self.core
-        if core.current_run() is None or core.is_finished:
+        if core.is_finished:
             return
-        ref = self._ref()
         with anyio.move_on_after(self.options.cancel_timeout, shield=True):
+            if core.current_run() is None:
+                found = await self._find_orphan()
+                if found is None:
+                    return
+                with suppress(RunMachineError):
+                    await core.observe_status(found)
+                if core.is_finished:
+                    return
+            ref = self._ref()
             with suppress(RunMachineError):
                 await core.request_cancel()
             run = await self._retrying(lambda: self.backend.cancel(ref))
@@ -754,6 +777,22 @@ class Driver:
                 delay = min(delay * 2, 1.0)
                 read = await self._retrying(lambda: self.backend.retrieve(ref))
                 run = read[0] if read is not None else None
+
+    async def _find_orphan(self) -> Run | None:
+        """The run the create request made although its answer never came (the host cancelled
+        first, or the answer was lost and the SDK's retry was refused): looked for a few times
+        over about a second, since a request cut off in flight may still be served."""
+        if self.request is None:
+            return None
+        for wait in (0.0, 0.1, 0.3, 0.6):
+            await anyio.sleep(wait)
+            found: Run | None = await self._retrying(
+                lambda: self.backend.find_created(self.request, self.requested_at)
+            )
+            if found is not None:
+                self.orphan = found.id
+                return found
+        return None
 
     async def _retrying(self, request: Callable[[], Awaitable[T]]) -> T | None:
         """``request()``, tried again while it fails transiently (inside the caller's bound);
@@ -839,6 +878,14 @@ class _Checked:
     async def runs(self) -> list[RunEntry]:
         entries: list[RunEntry] = await self._do("the runs (list)", self.inner.runs())
         return entries
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    """PEP 678's ``add_note`` (by hand before Python 3.11, where tracebacks show it too)."""
+    if sys.version_info >= (3, 11):
+        error.add_note(note)
+    else:  # pragma: no cover
+        setattr(error, "__notes__", [*getattr(error, "__notes__", []), note])  # noqa: B010
 
 
 def _is_api_error(error: BaseException) -> bool:

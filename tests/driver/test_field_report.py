@@ -22,6 +22,7 @@ from runmachine import (
     RunAborted,
     RunMachine,
     ToolFailed,
+    quiet_deprecation,
     tool,
 )
 from runmachine.testing import Emulator, Faults, HTTPFault, Scenario
@@ -347,3 +348,55 @@ async def test_26_a_server_that_keeps_the_stream_open_stalls_nothing(
     assert result.tool_calls[0].output == "0.25"
     # Read as it came: no stream was lost to the read timeout (and polled back instead).
     assert machine.core.stream_errors == []
+
+
+async def _runs_of(client: Any, thread_id: str) -> list[Any]:
+    with quiet_deprecation():
+        page = await client.beta.threads.runs.list(thread_id=thread_id)
+    return list(page.data)
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streaming", "polling"])
+async def test_25_a_cancel_before_the_run_is_named_leaves_no_orphan(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any, stream: bool
+) -> None:
+    # The server creates the run and takes its time to answer: the host cancels in between.
+    emulator.enqueue(
+        Scenario()
+        .tool_round([("get_rain", {"city": "Oslo"})])
+        .with_faults(Faults(create_response_delay=5.0))
+    )
+    thread_id, assistant_id = await thread_and_assistant(Looping)
+    machine = Looping(openai_client, stream=stream)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: machine.run(thread_id=thread_id, assistant_id=assistant_id))
+        while not await _runs_of(openai_client, thread_id):
+            await anyio.sleep(0.01)  # until the server has created the run
+        assert machine.run_id is None  # ... and before runmachine has heard of it
+        tg.cancel_scope.cancel()
+    (run,) = await _runs_of(openai_client, thread_id)
+    assert run.status == "cancelled"
+    assert emulator.run_stats(run.id).cancel_requests == 1
+    emulator.enqueue(Scenario.text("again"))
+    again = await Looping(openai_client).run(thread_id=thread_id, assistant_id=assistant_id)
+    assert again.status == "completed"
+
+
+async def test_25_a_lost_create_answer_retried_by_the_sdk_leaves_no_orphan(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
+    # Polling mode creates the run with a plain request: its answer is cut off, the SDK tries
+    # again and is told the thread already has an active run (the one the first try made).
+    emulator.enqueue(
+        Scenario()
+        .tool_round([("get_rain", {"city": "Oslo"})])
+        .with_faults(Faults(lose_create_response=True))
+    )
+    thread_id, assistant_id = await thread_and_assistant(Looping)
+    machine = Looping(openai_client, stream=False)
+    with pytest.raises(openai.BadRequestError, match="already has an active run") as info:
+        await machine.run(thread_id=thread_id, assistant_id=assistant_id)
+    (run,) = await _runs_of(openai_client, thread_id)
+    assert run.status == "cancelled"
+    notes = getattr(info.value, "__notes__", [])
+    assert any(f"({run.id})" in note and "cancelled" in note for note in notes), notes

@@ -11,6 +11,8 @@ driver decides what to retry, after reading the run back.
 from __future__ import annotations
 
 import email.utils
+import secrets
+import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -33,7 +35,7 @@ from runmachine.backends.base import (
 from runmachine.backends.sse import SSEParser, StreamError, build_event
 from runmachine.deprecation import quiet_deprecation
 
-__all__ = ["AssistantsBackend", "CreateRun", "CreateThreadAndRun"]
+__all__ = ["REQUEST_KEY", "AssistantsBackend", "CreateRun", "CreateThreadAndRun"]
 
 _NO_RETRY: weakref.WeakKeyDictionary[openai.AsyncOpenAI, openai.AsyncOpenAI] = (
     weakref.WeakKeyDictionary()
@@ -53,13 +55,29 @@ def _no_retry_client(client: openai.AsyncOpenAI) -> openai.AsyncOpenAI:
     return copy
 
 
+#: The run metadata key that marks the run a request created, so that it can be found again
+#: when the answer was lost (or never awaited): a random token per request.
+REQUEST_KEY = "runmachine_request"
+#: The API allows this many metadata keys on a run.
+_METADATA_KEYS = 16
+
+
 @attrs.frozen
 class CreateRun:
-    """A run on an existing thread (``runs.create``)."""
+    """A run on an existing thread (``runs.create``). ``token`` marks the run it creates (in
+    its metadata, under ``REQUEST_KEY``, when the caller's metadata leaves room)."""
 
     thread_id: str
     assistant_id: str
     params: Mapping[str, Any] = attrs.field(factory=dict)
+    token: str = attrs.field(factory=lambda: secrets.token_hex(12))
+
+    def body(self) -> dict[str, Any]:
+        params = dict(self.params)
+        metadata = params.get("metadata")
+        if metadata is None or (isinstance(metadata, dict) and len(metadata) < _METADATA_KEYS):
+            params["metadata"] = {**(metadata or {}), REQUEST_KEY: self.token}
+        return params
 
 
 @attrs.frozen
@@ -111,7 +129,7 @@ class AssistantsBackend:
                         thread_id=request.thread_id,
                         assistant_id=request.assistant_id,
                         stream=True,
-                        **request.params,
+                        **request.body(),
                     )
 
         else:
@@ -131,7 +149,7 @@ class AssistantsBackend:
                 pending = self.client.beta.threads.runs.create(
                     thread_id=request.thread_id,
                     assistant_id=request.assistant_id,
-                    **request.params,
+                    **request.body(),
                 )
             else:
                 pending = self.client.beta.threads.create_and_run(
@@ -147,12 +165,24 @@ class AssistantsBackend:
             return None  # create-and-run gives no thread to look in
         with quiet_deprecation():
             pending = self.client.beta.threads.runs.list(
-                thread_id=request.thread_id, order="desc", limit=1
+                thread_id=request.thread_id, order="desc", limit=20
             )
         page = await pending
-        # Second-resolution timestamps: a run created within the request's second is ours.
-        if page.data and page.data[0].created_at >= int(since) - 1:
-            return page.data[0]
+        for run in page.data:
+            if (run.metadata or {}).get(REQUEST_KEY) == request.token:
+                return run
+        if REQUEST_KEY in request.body().get("metadata", {}):
+            return None  # marked, and not there: the request created no run
+        # Unmarked (the caller's metadata was full): the newest run, if it is recent enough on
+        # the server's clock (second-resolution timestamps: within the request's second).
+        newest = page.data[0] if page.data else None
+        server = self._server_time
+        at_request = since
+        if server is not None:
+            at_request = server.seconds + (anyio.current_time() - server.local)
+            at_request -= time.time() - since
+        if newest is not None and newest.created_at >= int(at_request) - 1:
+            return newest
         return None
 
     # ----------------------------------------------------------------------------------------

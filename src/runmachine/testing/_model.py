@@ -112,6 +112,11 @@ class Faults:
     ``data: null``."""
     delta_delay: float | None = None
     lose_submit_response: frozenset[int] = attrs.field(factory=frozenset, converter=frozenset)
+    create_response_delay: float | None = None
+    """Seconds between creating the run and answering the request that created it."""
+    lose_create_response: bool = False
+    """The run is created, then the connection is cut before the answer's body: the SDK retries
+    the request (and is told the thread already has an active run)."""
     submit_response_delay: float | None = None
     """Seconds between taking a submission and answering it: a window in which the client can
     die after the server took its outputs."""

@@ -25,6 +25,10 @@ What the SDK (openai 3.54, httpx2) sees for each fault, probed against this serv
   which now hits a run that is no longer ``requires_action`` and gets the 400
   ``Runs in status "..." do not accept tool outputs.`` (a ``BadRequestError``). Streamed: the
   stream opens and the first read raises as for ``drop_after``.
+* ``create_response_delay`` - the run is created and the answer to its request waits.
+* ``lose_create_response`` - the run is created, then the answer is cut off (a stream ends before
+  its first event; a JSON answer mid-body, which the SDK retries into a 400 "already has an
+  active run").
 * ``submit_response_delay`` - the submission is taken (the run moves on) and the answer waits:
   a client that dies meanwhile never learns that its outputs were accepted.
 * ``http_errors`` - an error envelope with the chosen status; the SDK retries 408/409/429/5xx
@@ -1010,7 +1014,12 @@ class Emulator:
             run = self._new_run(thread_id, assistant, body)
             run.requests.setdefault("create_run", 1)
             events = [("thread.run.created", run.data), ("thread.run.queued", run.data)]
-            return self._launch(run, events, bool(body.get("stream")), index=0, lost=False)
+            lost = run.faults.lose_create_response
+            delay = run.faults.create_response_delay
+            response = self._launch(run, events, bool(body.get("stream")), index=0, lost=lost)
+        if delay:
+            await asyncio.sleep(delay)
+        return response
 
     async def _h_create_thread_and_run(self, request: Request) -> Response:
         body = await self._body(request)
