@@ -51,8 +51,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import json
 import email.utils
+import json
 import math
 import secrets
 import threading
