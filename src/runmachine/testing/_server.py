@@ -193,8 +193,8 @@ class Emulator:
     ``openai-poll-after-ms`` on run retrieval; ``keepalive_interval`` idle seconds before a
     ``: keep-alive`` comment on an open stream; ``clock_offset`` seconds the emulator's clock is
     ahead of this machine's (behind when negative): every timestamp it reports and its ``Date``
-    header carry it, as a server on another host would; ``queue_delay`` seconds a run stays ``queued``
-    before ``in_progress`` (after creation and after each submission).
+    header carry it, as a server on another host would; ``queue_delay`` seconds a run stays
+    ``queued`` before ``in_progress`` (after creation and after each submission).
     """
 
     def __init__(
