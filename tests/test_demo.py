@@ -176,3 +176,43 @@ def test_bad_options_exit_2(args: list[str], message: str) -> None:
     assert done.returncode == EXIT_USAGE
     assert message in done.stderr
     assert done.stdout == ""
+
+
+def test_12_a_missing_graphviz_is_reported_before_the_demo_starts(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "runmachine.cli", "demo", "--diagram", str(tmp_path / "t.svg")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PATH": str(tmp_path)},  # no Graphviz on this PATH
+    )
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert "needs Graphviz's 'dot' program" in done.stderr
+    assert "apt-get install graphviz" in done.stderr
+    assert "user:" not in done.stdout  # nothing ran
+
+
+@pytest.mark.parametrize(
+    ("missing", "args", "says"),
+    [
+        ("rich", ["--output", "rich"], "the live output (--output rich) needs 'rich'"),
+        ("uvicorn", ["--output", "plain"], "the embedded emulator (or give --base-url) needs"),
+    ],
+)
+def test_10_a_missing_extra_is_one_line_that_names_it(
+    missing: str, args: list[str], says: str
+) -> None:
+    # As on a bare `pip install runmachine`: the module cannot be imported.
+    code = (
+        f"import sys; sys.modules[{missing!r}] = None; from runmachine.cli import main; "
+        f"sys.exit(main(['demo', *{args!r}]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert says in done.stderr
+    assert "pip install 'runmachine[cli]'" in done.stderr
+    assert "Traceback" not in done.stderr

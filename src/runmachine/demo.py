@@ -21,6 +21,7 @@ reached or refused a request; 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -35,7 +36,8 @@ import attrs
 
 from runmachine import lifecycle
 from runmachine.deprecation import quiet_deprecation
-from runmachine.errors import RunAborted
+from runmachine.diagrams import require_graphviz
+from runmachine.errors import GraphvizNotFound, RunAborted
 from runmachine.machine import RunMachine
 from runmachine.records import TransitionRecord
 from runmachine.tools import ToolError, ToolSpec, encode_output, tool
@@ -557,10 +559,30 @@ def _check(options: DemoOptions) -> None:
         and not os.environ.get("OPENAI_API_VERSION")
     ):
         raise UsageError("--azure-endpoint needs --api-version (or OPENAI_API_VERSION)")
+    if options.output == "rich" or (options.output == "auto" and sys.stdout.isatty()):
+        _require("rich", "the live output (--output rich)")
+    if options.base_url is None and options.azure_endpoint is None:
+        for module in ("starlette", "uvicorn"):
+            _require(module, "the embedded emulator (or give --base-url)")
     if options.diagram is not None:
         suffix = options.diagram.rsplit(".", 1)[-1]
         if suffix not in ("mmd", "mermaid", "dot", "gv", "svg", "png"):
             raise UsageError("--diagram FILE must end in .mmd, .dot, .svg or .png")
+        if suffix in ("svg", "png"):
+            try:
+                require_graphviz(suffix)
+            except GraphvizNotFound as exc:
+                raise UsageError(f"--diagram {options.diagram}: {exc}") from None
+
+
+def _require(module: str, what: str) -> None:
+    """``module`` is importable, or a one-line ``UsageError`` names the extra to install."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise UsageError(
+            f"{what} needs {module!r}, which is not installed: pip install 'runmachine[cli]'"
+        ) from None
 
 
 _PARIS = {"location": "Paris"}
@@ -790,7 +812,10 @@ async def run_demo(options: DemoOptions, narrator: Narrator) -> int:
 def _narrator(output: str) -> Narrator:
     if output == "plain":
         return PlainNarrator(sys.stdout)
-    from rich.console import Console
+    try:
+        from rich.console import Console
+    except ImportError:  # auto, not on a terminal: plain lines need no rich
+        return PlainNarrator(sys.stdout)
 
     console = Console(force_terminal=True) if output == "rich" else Console()
     if output == "auto" and not console.is_terminal:

@@ -13,6 +13,7 @@ whatever else changed meanwhile. Nested, concurrent and threaded use are all saf
 
 from __future__ import annotations
 
+import re
 import threading
 import warnings
 from collections.abc import Iterator
@@ -31,9 +32,13 @@ _installed: list[Any] = []
 
 
 def _install() -> None:
+    # Inserted as ``filterwarnings`` would build them, but without its removal of an equal
+    # filter someone else installed (which taking ours out again would then lose).
+    filters = cast("list[Any]", warnings.filters)
     for message in _MESSAGES:
-        warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
-        _installed.append(warnings.filters[0])
+        mine = ("ignore", re.compile(message, re.I), DeprecationWarning, None, 0)
+        filters.insert(0, mine)
+        _installed.append(mine)
 
 
 def _remove() -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "example_history",
     "generated_files",
     "readme_block",
+    "require_graphviz",
     "write_generated_files",
 ]
 
@@ -412,10 +413,18 @@ def _to_dot(d: _Drawing) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _render(dot_text: str, format: str) -> bytes:
+def require_graphviz(format: str) -> str:
+    """The path of Graphviz's ``dot`` program, which ``format`` needs; ``GraphvizNotFound``
+    (with the install command) when it is not on ``PATH``. Callers check this before any work,
+    so a missing Graphviz is reported first, not after a run."""
     executable = shutil.which("dot")
     if executable is None:
         raise GraphvizNotFound(format)
+    return executable
+
+
+def _render(dot_text: str, format: str) -> bytes:
+    executable = require_graphviz(format)
     done = subprocess.run(
         [executable, f"-T{format}"], input=dot_text.encode(), capture_output=True, check=False
     )

@@ -68,6 +68,12 @@ __all__ = ["Driver", "EventStream", "ToolErrorPolicy"]
 
 T = TypeVar("T")
 
+#: What an error output adds when a plain-function tool was cut: its thread goes on.
+_ABANDONED = (
+    " (a plain function, running in a worker thread that cannot be stopped: it was abandoned "
+    "and may still finish)"
+)
+
 #: Seconds to wait, after the event that decides a stream, for the rest of it (its end).
 TAIL_WAIT = 0.5
 
@@ -115,7 +121,7 @@ class Driver:
         self.error: str | None = None
         self.limiter = anyio.CapacityLimiter(options.tool_concurrency)
         self.failing: tuple[ToolCallRecord, BaseException] | None = None
-        self.round_failed: HookError | LedgerError | None = None
+        self.round_failed: BaseException | None = None
         self.round_scope: anyio.CancelScope | None = None
         #: The request that creates the run, and when it was sent (to find the run it created
         #: when its answer never came).
@@ -293,6 +299,8 @@ class Driver:
     ) -> dict[str, str]:
         results: dict[str, ToolCallRecord] = {}
         starts: dict[str, float] = {}
+        #: Calls whose plain-function tool is running in a worker thread right now.
+        in_threads: set[str] = set()
         deadline = self._round_deadline(run)
         ledger = self.ledger
         core = self.core
@@ -300,9 +308,10 @@ class Driver:
         async def one(call: RequiredCall) -> None:
             try:
                 await attempt(call)
-            except (HookError, LedgerError) as exc:
-                # A hook's or the ledger's failure stops the round (no exception group); raised
-                # after it, and never passed off as the tool's.
+            except (HookError, LedgerError, SystemExit, KeyboardInterrupt) as exc:
+                # A hook's or the ledger's failure, or an exit a tool let through, stops the
+                # round and is raised after it, as itself (no exception group; SystemExit keeps
+                # its code), never passed off as the tool's error.
                 if self.round_failed is None:
                     self.round_failed = exc
                 assert self.round_scope is not None
@@ -337,9 +346,11 @@ class Driver:
                         if spec.is_async:
                             value = await func(**kwargs)
                         else:
+                            in_threads.add(call.id)
                             value = await anyio.to_thread.run_sync(
                                 lambda: func(**kwargs), abandon_on_cancel=True
                             )
+                            in_threads.discard(call.id)
                 output = encode_output(value)
                 finished = time.monotonic()
                 try:
@@ -362,15 +373,18 @@ class Driver:
                 )
             except TimeoutError as exc:
                 timeout = spec.timeout if spec else None
+                abandoned = call.id in in_threads
                 await self._tool_failed(
                     run,
                     call,
                     "timeout",
-                    f"tool {name!r} did not finish within {timeout} s",
+                    f"tool {name!r} did not finish within {timeout} s"
+                    + (_ABANDONED if abandoned else ""),
                     exc,
                     round_no,
                     started,
                     results,
+                    abandoned=abandoned,
                 )
             except Exception as exc:
                 await self._tool_failed(
@@ -409,9 +423,12 @@ class Driver:
         now = time.monotonic()
         for call in calls:
             if call.id not in results:
+                abandoned = call.id in in_threads
                 message = (
                     f"tool {call.name!r} was still running {self.options.deadline_margin}"
-                    " s before the run's expires_at and was cancelled so the run does not expire"
+                    " s before the run's expires_at and was "
+                    + ("cut" + _ABANDONED if abandoned else "cancelled")
+                    + " so the run does not expire"
                 )
                 record = ToolCallRecord(
                     call.id,
@@ -422,6 +439,7 @@ class Driver:
                     round_no,
                     starts.get(call.id),
                     now,
+                    abandoned=abandoned,
                 )
                 results[call.id] = record
                 await self._finished(run, record)
@@ -440,6 +458,8 @@ class Driver:
         round_no: int,
         started: float | None,
         results: dict[str, ToolCallRecord],
+        *,
+        abandoned: bool = False,
     ) -> None:
         record = ToolCallRecord(
             call.id,
@@ -450,6 +470,7 @@ class Driver:
             round_no,
             started,
             time.monotonic(),
+            abandoned=abandoned,
         )
         results[call.id] = record
         await self._finished(run, record)

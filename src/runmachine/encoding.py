@@ -112,6 +112,7 @@ def _result(result: RunResult) -> dict[str, Any]:
                 "error": call.error,
                 "round": call.round,
                 "duration": call.duration,
+                "abandoned": call.abandoned,
             }
             for call in result.tool_calls
         ],

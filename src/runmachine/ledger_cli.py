@@ -37,6 +37,13 @@ def load_machine_class(target: str) -> type[RunMachine]:
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         raise ValueError(f"expected module:Class, got {target!r}")
+    if module_name == "__main__":
+        raise ValueError(
+            f"{target} names a class of a script that was run directly, which cannot be "
+            f"imported by that name; give its importable path instead: the script's file name "
+            f"without .py, run from the script's directory (e.g. `runmachine resume RUN_ID "
+            f"myscript:{attribute}`), or a module the class lives in"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, overload
 
 import anyio
@@ -249,7 +250,7 @@ class RunMachine:
             tools=self.tool_specs(),
             owner=self,
             ledger=self.ledger,
-            machine_name=f"{cls.__module__}:{cls.__qualname__}",
+            machine_name=_importable_name(cls),
             on_tool_error=self.on_tool_error if "on_tool_error" in cls._runmachine_hooks else None,
             sink=sink,
         )
@@ -514,6 +515,23 @@ _PUBLIC_API: frozenset[str] = frozenset(
     for name in dir(RunMachine)
     if not name.startswith("_") and name not in HOOK_NAMES and name != "extra_transitions"
 ) | {"client", "ledger", "options"}
+
+
+def _importable_name(cls: type) -> str:
+    """``module:Class`` for the ledger, importable later: a class of a script run directly
+    (``__main__``) is named after the script's file, as ``python -m`` would import it."""
+    module = cls.__module__
+    if module == "__main__":
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        path = getattr(main, "__file__", None)
+        if spec is not None and spec.name:
+            module = spec.name
+        elif path:
+            stem = Path(path).stem
+            if stem.isidentifier():
+                module = stem
+    return f"{module}:{cls.__qualname__}"
 
 
 def _placed(event: AssistantStreamEvent, new: list[TransitionRecord]) -> list[Any]:

@@ -63,6 +63,10 @@ class ToolCallRecord:
     started_at: float | None
     finished_at: float | None
     """``time.monotonic()`` readings; ``None`` when the tool never ran."""
+    abandoned: bool = False
+    """The call was cut (its ``timeout``, the round's deadline, a cancel) while a plain-function
+    tool ran in its worker thread. A thread cannot be stopped: the function was left running
+    and may still finish, after its error output was sent. Async tools are cancelled."""
 
     @property
     def duration(self) -> float | None:

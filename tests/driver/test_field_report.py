@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from typing import Any
 
 import anyio
@@ -400,3 +401,65 @@ async def test_25_a_lost_create_answer_retried_by_the_sdk_leaves_no_orphan(
     assert run.status == "cancelled"
     notes = getattr(info.value, "__notes__", [])
     assert any(f"({run.id})" in note and "cancelled" in note for note in notes), notes
+
+
+class Exits(RunMachine):
+    @tool
+    async def leave(self) -> str:
+        raise SystemExit(3)
+
+    @tool
+    async def stay(self) -> str:
+        await anyio.sleep_forever()
+        return "never"
+
+
+@pytest.mark.parametrize("calls", [1, 2])
+async def test_32_a_tools_system_exit_comes_out_as_itself_with_its_code(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any, calls: int
+) -> None:
+    emulator.enqueue(Scenario().tool_round([("leave", {}), ("stay", {})][:calls]))
+    thread_id, assistant_id = await thread_and_assistant(Exits)
+    machine = Exits(openai_client)
+    with pytest.raises(SystemExit) as info:
+        await machine.run(thread_id=thread_id, assistant_id=assistant_id)
+    assert info.value.code == 3
+    assert machine.run_id is not None
+    assert emulator.run_stats(machine.run_id).status == "cancelled"
+
+
+class Threads(RunMachine):
+    release = threading.Event()
+    finished = threading.Event()
+
+    @tool(timeout=0.2)
+    def blocking(self) -> str:
+        # A plain function: it runs in a worker thread, which a timeout cannot stop.
+        Threads.release.wait(30)
+        Threads.finished.set()
+        return "late"
+
+    @tool(timeout=0.2)
+    async def cancellable(self) -> str:
+        await anyio.sleep_forever()
+        return "never"
+
+
+async def test_4_a_cut_plain_function_is_recorded_as_abandoned_and_goes_on(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
+    Threads.release.clear()
+    Threads.finished.clear()
+    emulator.enqueue(Scenario().tool_round([("blocking", {}), ("cancellable", {})]).reply("Ok."))
+    thread_id, assistant_id = await thread_and_assistant(Threads)
+    result = await Threads(openai_client).run(thread_id=thread_id, assistant_id=assistant_id)
+    assert result.status == "completed"
+    blocking, cancellable = result.tool_calls
+    assert blocking.abandoned and not cancellable.abandoned
+    assert "abandoned and may still finish" in json.loads(blocking.output)["error"]["message"]
+    assert "abandoned" not in cancellable.output
+    # The function really did go on in its thread, after its error output was sent.
+    assert not Threads.finished.is_set()
+    Threads.release.set()
+    await anyio.to_thread.run_sync(Threads.finished.wait, 30)
+    assert Threads.finished.is_set()
