@@ -427,7 +427,7 @@ class Driver:
                 message = (
                     f"tool {call.name!r} was still running {self.options.deadline_margin}"
                     " s before the run's expires_at and was "
-                    + ("cut" + _ABANDONED if abandoned else "cancelled")
+                    + ("cut" + _ABANDONED if abandoned else "stopped")
                     + " so the run does not expire"
                 )
                 record = ToolCallRecord(

@@ -97,6 +97,8 @@ class ScriptedBackend:
 
     async def retrieve(self, ref: RunRef) -> tuple[Run, float | None]:
         self.retrieves += 1
+        if self.cancels and not self.statuses:
+            return _run("cancelled"), 0.0  # the cancel has landed
         return self.statuses.pop(0), 0.0
 
     async def cancel(self, ref: RunRef) -> Run:
@@ -213,6 +215,7 @@ async def test_a_host_cancel_mid_tool_cancels_the_server_run_through_the_seam() 
         tg.cancel_scope.cancel()
     assert backend.cancels == [RunRef("run_test", "thread_test")]
     assert backend.submissions == []
+    assert driver.core.state == lifecycle.CANCELLED
 
 
 def _request() -> Any:
