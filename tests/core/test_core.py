@@ -194,3 +194,12 @@ async def test_an_error_raised_to_the_caller_is_not_also_logged(
     with caplog.at_level("DEBUG", logger="transitions"), pytest.raises(HookError):
         await Exploding().feed(run_event("thread.run.created"))
     assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+async def test_the_engine_drives_machines_without_keeping_them() -> None:
+    machines = [RunMachine() for _ in range(50)]
+    for machine in machines:
+        await machine.feed(run_event("thread.run.created"))
+    engine = machines[0].core.engine
+    assert engine is machines[-1].core.engine  # one engine for the class, shared
+    assert engine.models == []  # ... holding none of the machines it drives
