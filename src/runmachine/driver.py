@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -107,7 +107,7 @@ class Driver:
         self.options = options
         self.tools = dict(tools)
         self.owner = owner
-        self.ledger: Ledger = _Checked(ledger)
+        self.ledger = cast(Ledger, _Checked(ledger))
         self.machine_name = machine_name
         self.on_tool_error = on_tool_error
         self.sink = sink
@@ -836,69 +836,42 @@ class _Checked:
     """The ledger as the driver uses it: a failure of the ledger itself (a full disk, a lost
     database) is a ``LedgerError`` naming the operation, never mistaken for a tool's error."""
 
+    #: What each ``Ledger`` method records, from its positional arguments.
+    _WHAT: ClassVar[Mapping[str, str]] = {
+        "record_run": "run {0}",
+        "call_started": "the start of call {1} ({3})",
+        "call_finished": "the output of call {1} ({3})",
+        "round_submitted": "round {1} of run {0} as submitted",
+        "round_accepted": "round {1} of run {0} as accepted",
+        "load": "run {0} (load)",
+        "runs": "the runs (list)",
+    }
+
     def __init__(self, ledger: Ledger) -> None:
         self.inner = ledger
 
     def __repr__(self) -> str:
         return repr(self.inner)
 
-    async def _do(self, what: str, call: Awaitable[Any]) -> Any:
-        try:
-            return await call
-        except LedgerError:
-            raise
-        except Exception as exc:
-            raise LedgerError(
-                f"the ledger {self.inner!r} failed to record {what} "
-                f"({type(exc).__name__}: {exc}); the run was cancelled, since what it "
-                "guarantees no longer holds"
-            ) from exc
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+        what = self._WHAT.get(name)
+        if what is None:
+            return method
 
-    async def record_run(self, run_id: str, thread_id: str, status: str, machine: str) -> None:
-        await self._do(f"run {run_id}", self.inner.record_run(run_id, thread_id, status, machine))
+        async def checked(*args: Any) -> Any:
+            try:
+                return await method(*args)
+            except LedgerError:
+                raise
+            except Exception as exc:
+                raise LedgerError(
+                    f"the ledger {self.inner!r} failed to record {what.format(*args)} "
+                    f"({type(exc).__name__}: {exc}); the run was cancelled, since what it "
+                    "guarantees no longer holds"
+                ) from exc
 
-    async def call_started(
-        self, run_id: str, call_id: str, round: int, name: str, arguments: str
-    ) -> None:
-        await self._do(
-            f"the start of call {call_id} ({name})",
-            self.inner.call_started(run_id, call_id, round, name, arguments),
-        )
-
-    async def call_finished(
-        self,
-        run_id: str,
-        call_id: str,
-        round: int,
-        name: str,
-        arguments: str,
-        output: str,
-        error: str | None,
-    ) -> None:
-        await self._do(
-            f"the output of call {call_id} ({name})",
-            self.inner.call_finished(run_id, call_id, round, name, arguments, output, error),
-        )
-
-    async def round_submitted(self, run_id: str, round: int, call_ids: frozenset[str]) -> None:
-        await self._do(
-            f"round {round} of run {run_id} as submitted",
-            self.inner.round_submitted(run_id, round, call_ids),
-        )
-
-    async def round_accepted(self, run_id: str, round: int) -> None:
-        await self._do(
-            f"round {round} of run {run_id} as accepted",
-            self.inner.round_accepted(run_id, round),
-        )
-
-    async def load(self, run_id: str) -> RunEntry | None:
-        entry: RunEntry | None = await self._do(f"run {run_id} (load)", self.inner.load(run_id))
-        return entry
-
-    async def runs(self) -> list[RunEntry]:
-        entries: list[RunEntry] = await self._do("the runs (list)", self.inner.runs())
-        return entries
+        return checked
 
 
 def _add_note(error: BaseException, note: str) -> None:

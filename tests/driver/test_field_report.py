@@ -253,11 +253,8 @@ async def test_27_a_5xx_on_the_cancel_is_retried_within_the_bound(
     assert again.status == "completed"
 
 
-async def test_28_a_short_polling_outage_does_not_turn_a_completed_run_into_an_error(
-    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
-) -> None:
-    # The stream drops, then the next three reads of the run answer 503 (the SDK's own two
-    # retries included): the read is tried again, and the run is seen completed.
+def _outage(emulator: Emulator, failed_reads: int) -> None:
+    """The stream of the answer drops, then the next reads of the run answer 503."""
     emulator.enqueue(
         Scenario()
         .tool_round([("get_rain", {"city": "Oslo"})])
@@ -265,10 +262,20 @@ async def test_28_a_short_polling_outage_does_not_turn_a_completed_run_into_an_e
         .with_faults(
             Faults(
                 drop_after={1: 2},
-                http_errors=[HTTPFault("retrieve_run", nth=n, status=503) for n in (1, 2, 3)],
+                http_errors=[
+                    HTTPFault("retrieve_run", nth=n, status=503) for n in range(1, failed_reads + 1)
+                ],
             )
         )
     )
+
+
+async def test_28_a_short_polling_outage_does_not_turn_a_completed_run_into_an_error(
+    emulator: Emulator, openai_client: Any, thread_and_assistant: Any
+) -> None:
+    # Three failed reads, the SDK's own two retries included: the read is tried again, and the
+    # run is seen completed.
+    _outage(emulator, 3)
     thread_id, assistant_id = await thread_and_assistant(Looping)
     result = await Looping(openai_client, poll_interval=0.02, max_poll_interval=0.05).run(
         thread_id=thread_id, assistant_id=assistant_id
@@ -280,17 +287,7 @@ async def test_28_a_short_polling_outage_does_not_turn_a_completed_run_into_an_e
 async def test_28_an_outage_that_lasts_is_given_up_with_an_error_that_says_so(
     emulator: Emulator, openai_client: Any, thread_and_assistant: Any
 ) -> None:
-    emulator.enqueue(
-        Scenario()
-        .tool_round([("get_rain", {"city": "Oslo"})])
-        .reply("Dry in Oslo.")
-        .with_faults(
-            Faults(
-                drop_after={1: 2},
-                http_errors=[HTTPFault("retrieve_run", nth=n, status=503) for n in range(1, 30)],
-            )
-        )
-    )
+    _outage(emulator, 30)
     thread_id, assistant_id = await thread_and_assistant(Looping)
     machine = Looping(openai_client.with_options(max_retries=0), recovery_attempts=2)
     with pytest.raises(
