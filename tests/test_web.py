@@ -84,6 +84,7 @@ def _served(app: Any, clients: list[openai.AsyncOpenAI]) -> Iterator[str]:
     config = uvicorn.Config(app, loop="asyncio", lifespan="off", log_level="warning")
     server = uvicorn.Server(config)
     loop = asyncio.new_event_loop()
+
     async def serve() -> None:
         try:
             await server.serve(sockets=[sock])

@@ -13,10 +13,67 @@ from collections.abc import Sequence
 
 
 def _cmd_emulator(args: argparse.Namespace) -> int:
-    from runmachine.testing import serve
+    import errno
 
-    serve(host=args.host, port=args.port, run_ttl=args.run_ttl, delta_delay=args.delta_delay)
+    try:
+        from runmachine.testing import serve
+
+        serve(host=args.host, port=args.port, run_ttl=args.run_ttl, delta_delay=args.delta_delay)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in ("uvicorn", "starlette", "h11"):
+            raise
+        print(
+            f"runmachine emulator: {exc.name} is not installed; the emulator needs its extra: "
+            'pip install "runmachine[emulator]"',
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            reason = f"port {args.port} on {args.host} is already in use"
+        else:
+            reason = f"cannot listen on port {args.port} of {args.host}: {exc.strerror or exc}"
+        print(f"runmachine emulator: {reason}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("runmachine emulator: interrupted", file=sys.stderr)
+        return 130
     return 0
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return port
+
+
+_EMULATOR_DESCRIPTION = """\
+Serve the Assistants v2 API emulator (runmachine.testing) over HTTP until
+Ctrl-C: assistants, threads, messages, runs (JSON or streamed as SSE), run
+steps and models under /v1, with the real API's objects, events and error
+envelopes. State lives in memory, in this process only. Runs follow the
+emulator's deterministic toy model: a user message that names a function tool
+of the run gets that tool called; any other message gets "You said: ...".
+
+Needs the emulator extra: pip install "runmachine[emulator]"
+
+Point any Assistants client at http://HOST:PORT/v1 with any API key:
+  openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="emulator")
+or set OPENAI_BASE_URL=http://127.0.0.1:8000/v1 and OPENAI_API_KEY=emulator.
+"""
+
+_EMULATOR_EPILOG = """\
+exit status: 1 the port could not be bound (already in use, or not allowed),
+or the emulator extra is missing; 2 bad options; 130 interrupted (Ctrl-C).
+"""
+
+
+class _EmulatorHelp(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description kept as written, and every option's default shown."""
 
 
 def _cmd_diagram(args: argparse.Namespace) -> int:
@@ -76,10 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     emu = sub.add_parser(
-        "emulator", help="serve the Assistants API emulator over HTTP (needs runmachine[emulator])"
+        "emulator",
+        help="serve the Assistants API emulator over HTTP (needs runmachine[emulator])",
+        description=_EMULATOR_DESCRIPTION,
+        epilog=_EMULATOR_EPILOG,
+        formatter_class=_EmulatorHelp,
     )
-    emu.add_argument("--host", default="127.0.0.1")
-    emu.add_argument("--port", type=int, default=8000)
+    emu.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    emu.add_argument("--port", type=_port, default=8000, help="TCP port (0: any free one)")
     emu.add_argument(
         "--run-ttl", type=float, default=600.0, help="seconds from a run's creation to its expiry"
     )

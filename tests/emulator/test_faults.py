@@ -1,4 +1,4 @@
-"""Each injected fault surfaces through the real SDK the way PROTOCOL.md says it does."""
+"""Each injected fault surfaces through the real SDK the way the real API's would."""
 
 from __future__ import annotations
 

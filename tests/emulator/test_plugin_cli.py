@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx2
 import pytest
@@ -112,3 +113,27 @@ def test_quiet_deprecation_silences_only_the_sdks_assistants_warnings() -> None:
     messages = [str(w.message) for w in seen]
     assert messages[0] == "something else is deprecated soon"
     assert len(messages) == 2 and "deprecated" in messages[1]
+
+
+def test_10_the_fixtures_without_the_extra_say_what_to_install(tmp_path: Path) -> None:
+    test = tmp_path / "test_user.py"
+    test.write_text(
+        "import sys\n"
+        "sys.modules['uvicorn'] = None  # as on a bare `pip install runmachine`\n\n"
+        "def test_uses_the_emulator(emulator):\n"
+        "    pass\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode != 0
+    assert (
+        "the emulator fixtures need uvicorn, which is not installed: "
+        'pip install "runmachine[emulator]"' in done.stdout
+    ), done.stdout
+    assert "Traceback" not in done.stdout

@@ -1,6 +1,7 @@
 """Every object and event payload the emulator emits validates against the OpenAPI schemas.
 
-Real-wire quirks (PROTOCOL.md §3 and the recordings) are allowed explicitly and narrowly:
+Real-wire quirks (seen in the recordings under tests/data/recordings) are allowed explicitly
+and narrowly:
 run steps carry ``expires_at`` instead of ``expired_at`` and no ``metadata``; runs carry the
 extra ``tool_resources`` and ``reasoning_effort`` and ``instructions: null``; messages from the
 REST endpoints omit ``status``, ``incomplete_details``, ``incomplete_at`` and ``completed_at``;
@@ -39,6 +40,7 @@ LIST_ITEMS = {
     "ListRunsResponse": "RunObject",
     "ListRunStepsResponse": "RunStepObject",
     "ListMessagesResponse": "MessageObject",
+    "ListAssistantsResponse": "AssistantObject",
 }
 
 
@@ -56,8 +58,8 @@ def _allow_quirks(schema: str, obj: dict[str, Any]) -> dict[str, Any]:
         obj["expired_at"] = obj.pop("expires_at")
         obj["metadata"] = {}
     if schema == "RunObject" and obj["instructions"] is None:
-        # The real API sends ``instructions: null`` when none were given (recordings,
-        # FINDINGS.md); the spec types it as a plain string.
+        # The real API sends ``instructions: null`` when none were given (as the recordings
+        # show); the spec types it as a plain string.
         obj["instructions"] = ""
     if schema == "MessageObject" and set(obj) == REST_MESSAGE_KEYS:
         obj.update(status="completed", incomplete_details=None, incomplete_at=None)
@@ -229,3 +231,33 @@ async def test_cancelled_payloads_validate(emulator: Emulator) -> None:
         await __import__("anyio").sleep(0.01)
     snapshot = emulator.runs_snapshot(run["id"])
     check("RunObject", snapshot)
+
+
+async def test_assistant_and_model_routes_validate(emulator: Emulator) -> None:
+    base = emulator.base_url
+    check("ListAssistantsResponse", await raw_get(base, "/assistants"))
+    ids = [(await raw_post(base, "/assistants", {"model": "gpt-4o"})).json()["id"] for _ in "ab"]
+    listing = await raw_get(base, "/assistants?limit=1&order=asc")
+    assert listing["has_more"] is True
+    check("ListAssistantsResponse", listing)
+    update = {"name": "renamed", "tools": TOOLS, "temperature": 0.2, "metadata": {"k": "v"}}
+    modified = (await raw_post(base, f"/assistants/{ids[0]}", update)).json()
+    check("AssistantObject", modified)
+    check("ListAssistantsResponse", await raw_get(base, "/assistants"))
+    async with httpx2.AsyncClient(timeout=30) as http:
+        deleted = await http.delete(f"{base}/assistants/{ids[1]}")
+        assert deleted.status_code == 200
+        check("DeleteAssistantResponse", deleted.json())
+        models = await raw_get(base, "/models")
+        check("ListModelsResponse", models)
+        for model in models["data"]:
+            check("Model", await raw_get(base, f"/models/{model['id']}"))
+        for response in (
+            await http.delete(f"{base}/assistants/{ids[1]}"),
+            await http.post(f"{base}/assistants/{ids[0]}", json={"frobnicate": 1}),
+            await http.get(f"{base}/models/gpt-nope"),
+            await http.get(f"{base}/frobnicate"),
+            await http.patch(f"{base}/assistants/{ids[0]}", json={}),
+        ):
+            assert response.status_code in (400, 404, 405)
+            check("ErrorResponse", response.json())

@@ -1,6 +1,6 @@
 """An offline OpenAI Assistants v2 API emulator, for testing run machines without a network.
 
-It speaks the way the real service speaks (PROTOCOL.md): same endpoints under ``/v1``, same
+It speaks the way the real service speaks: same endpoints under ``/v1``, same
 objects with every key, same SSE events in the same order, same error envelopes and texts.
 Scripted :class:`Scenario` objects decide what the "model" does in a run, :class:`Faults` break
 streams and responses on purpose, and :meth:`Emulator.run_stats` reports what the server saw.

@@ -50,6 +50,11 @@ ENDPOINTS = frozenset(
     {
         "create_assistant",
         "retrieve_assistant",
+        "list_assistants",
+        "modify_assistant",
+        "delete_assistant",
+        "list_models",
+        "retrieve_model",
         "create_thread",
         "create_message",
         "list_messages",

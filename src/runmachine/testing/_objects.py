@@ -1,6 +1,6 @@
 """JSON builders for the objects the emulator serves, with every key the real API sends.
 
-Key sets and key order follow the real recordings (``shared/recordings``) and PROTOCOL.md §3:
+Key sets and key order follow the real recordings (``tests/data/recordings``):
 runs, steps and streamed messages carry every key with ``null`` where not applicable. One real
 quirk is kept on purpose: messages returned by the REST endpoints (create/list) omit ``status``,
 ``incomplete_details``, ``incomplete_at`` and ``completed_at``, while messages inside stream
@@ -98,6 +98,59 @@ def assistant_obj(body: JSON) -> JSON:
         "metadata": body.get("metadata") or {},
         "response_format": body.get("response_format") or "auto",
     }
+
+
+#: The fields ``POST /v1/assistants/{assistant_id}`` accepts (the spec's ModifyAssistantRequest).
+ASSISTANT_FIELDS = frozenset(
+    {
+        "model",
+        "reasoning_effort",
+        "name",
+        "description",
+        "instructions",
+        "tools",
+        "tool_resources",
+        "metadata",
+        "temperature",
+        "top_p",
+        "response_format",
+    }
+)
+
+
+def modified_assistant(assistant: JSON, body: JSON) -> JSON:
+    """The assistant with the fields ``body`` gives replaced, normalised as on creation; the
+    id, ``created_at`` and key order stay. Keys outside :data:`ASSISTANT_FIELDS` are ignored
+    (the server refuses them first)."""
+    updated = copy.deepcopy(assistant)
+    for key in ASSISTANT_FIELDS & body.keys():
+        value = body[key]
+        if key == "tools":
+            value = normalize_tools(value)
+        elif key in ("top_p", "temperature"):
+            value = float(value) if value is not None else 1.0
+        elif key in ("tool_resources", "metadata"):
+            value = value or {}
+        elif key == "response_format":
+            value = value or "auto"
+        updated[key] = copy.deepcopy(value)
+    return updated
+
+
+def deleted_obj(object_id: str, kind: str) -> JSON:
+    """The answer to a DELETE: ``{"id", "object": "<kind>.deleted", "deleted": true}``."""
+    return {"id": object_id, "object": f"{kind}.deleted", "deleted": True}
+
+
+#: What ``GET /v1/models`` lists: a small fixed set of model objects in the API's shape.
+MODELS: tuple[JSON, ...] = (
+    {"id": "gpt-4o", "object": "model", "created": 1715367049, "owned_by": "system"},
+    {"id": "gpt-4o-mini", "object": "model", "created": 1721172741, "owned_by": "system"},
+    {"id": "gpt-4.1", "object": "model", "created": 1744316542, "owned_by": "system"},
+    {"id": "gpt-4.1-mini", "object": "model", "created": 1744318173, "owned_by": "system"},
+    {"id": "gpt-4-turbo", "object": "model", "created": 1712361441, "owned_by": "system"},
+    {"id": "gpt-3.5-turbo", "object": "model", "created": 1677610602, "owned_by": "openai"},
+)
 
 
 def thread_obj(body: JSON, *, tool_resources: JSON | None = None) -> JSON:
@@ -281,7 +334,7 @@ _TOKEN_RE = re.compile(r"\s*(?:[\w'’]+|[^\w\s])|\s+$")
 
 def tokenize(text: str) -> list[str]:
     """Split text into token-sized deltas: words keep their leading space, punctuation stands
-    alone (PROTOCOL.md §7). Joining the pieces gives the text back."""
+    alone, as in the recorded real streams. Joining the pieces gives the text back."""
     pieces = _TOKEN_RE.findall(text)
     if "".join(pieces) != text:  # pragma: no cover - the pattern covers every character
         return [text]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -83,6 +84,7 @@ def serve_in_thread(emulator: Emulator) -> Iterator[str]:
 
     thread = threading.Thread(target=run, name=f"runmachine-emulator-{port}", daemon=True)
     emulator._loop = loop
+    emulator._server = server
     thread.start()
     try:
         while not server.started:
@@ -99,7 +101,26 @@ def serve_in_thread(emulator: Emulator) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         emulator._loop = None
+        emulator._server = None
         sock.close()
+
+
+def listen(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` and listening (port 0 picks a free one).
+
+    Raises the ``OSError`` of ``bind``: ``errno.EADDRINUSE`` when the port is taken.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if os.name == "posix":  # a restart binds again at once (not on Windows: it would share)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def serve(
@@ -108,17 +129,48 @@ def serve(
     run_ttl: float = 600.0,
     delta_delay: float = 0.0,
 ) -> None:
-    """Serve a fresh emulator until interrupted (``runmachine emulator``)."""
+    """Serve a fresh emulator until interrupted (``runmachine emulator``).
+
+    The socket is bound before anything is printed: a port that cannot be bound raises the
+    ``OSError`` of ``bind`` (``errno.EADDRINUSE`` when it is taken, see :func:`listen`) and
+    nothing is served. Then one line names the URL (with the port bound, ``port=0`` picking a
+    free one), and the server runs. Ctrl-C (SIGINT) stops it cleanly, ending the open streams
+    first, and then raises ``KeyboardInterrupt`` to say that it was interrupted.
+    """
     import uvicorn
 
     from runmachine.testing._server import Emulator
 
-    _install_log_filter()
-    emulator = Emulator(run_ttl=run_ttl, delta_delay=delta_delay)
-    config = _config(emulator, host=host, port=port)
-    assert isinstance(config, uvicorn.Config)
-    print(f"runmachine emulator: Assistants v2 API at http://{host}:{port}/v1", flush=True)
-    uvicorn.Server(config).run()
+    sock = listen(host, port)
+    try:
+        _install_log_filter()
+        emulator = Emulator(run_ttl=run_ttl, delta_delay=delta_delay)
+        config = _config(emulator)
+        assert isinstance(config, uvicorn.Config)
+        shown = f"[{host}]" if ":" in host else host
+        bound = sock.getsockname()[1]
+        print(f"runmachine emulator: Assistants v2 API at http://{shown}:{bound}/v1", flush=True)
+        _standalone_server_class()(config, emulator).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _standalone_server_class() -> type[Any]:
+    import uvicorn
+
+    class StandaloneServer(uvicorn.Server):
+        """uvicorn's server, ending the emulator's open streams before it waits for the
+        connections to close (else a stream left open would only be cut by the timeout)."""
+
+        def __init__(self, config: uvicorn.Config, emulator: Emulator) -> None:
+            super().__init__(config)
+            self.emulator = emulator
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            self.emulator.close_streams()
+            await super().shutdown(sockets)
+
+    return StandaloneServer
 
 
 @contextlib.contextmanager

@@ -230,6 +230,7 @@ class Emulator:
         self.clock_offset = clock_offset
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: Any = None  # the uvicorn.Server while served in a thread
         self._tasks: set[asyncio.Task[None]] = set()
         self._base_url: str | None = None
         self._app: Starlette | None = None
@@ -704,14 +705,21 @@ class Emulator:
 
     def _build_app(self) -> Starlette:
         from starlette.applications import Starlette
+        from starlette.exceptions import HTTPException
         from starlette.middleware import Middleware
         from starlette.routing import Route
 
         t = "/v1/threads/{thread_id}"
         r = t + "/runs/{run_id}"
+        a = "/v1/assistants/{assistant_id}"
         routes = [
             Route("/v1/assistants", self._h_create_assistant, methods=["POST"]),
-            Route("/v1/assistants/{assistant_id}", self._h_get_assistant, methods=["GET"]),
+            Route("/v1/assistants", self._h_list_assistants, methods=["GET"]),
+            Route(a, self._h_get_assistant, methods=["GET"]),
+            Route(a, self._h_modify_assistant, methods=["POST"]),
+            Route(a, self._h_delete_assistant, methods=["DELETE"]),
+            Route("/v1/models", self._h_list_models, methods=["GET"]),
+            Route("/v1/models/{model}", self._h_get_model, methods=["GET"]),
             Route("/v1/threads", self._h_create_thread, methods=["POST"]),
             Route("/v1/threads/runs", self._h_create_thread_and_run, methods=["POST"]),
             Route(t + "/messages", self._h_create_message, methods=["POST"]),
@@ -724,7 +732,11 @@ class Emulator:
             Route(r + "/steps", self._h_list_steps, methods=["GET"]),
             Route(r + "/steps/{step_id}", self._h_get_step, methods=["GET"]),
         ]
-        return Starlette(routes=routes, middleware=[Middleware(_Clock, emulator=self)])
+        return Starlette(
+            routes=routes,
+            middleware=[Middleware(_Clock, emulator=self), Middleware(_QuietDisconnects)],
+            exception_handlers={HTTPException: self._h_http_exception},
+        )
 
     @staticmethod
     def _headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -891,6 +903,104 @@ class Emulator:
             if assistant is None:
                 return self._no_assistant(assistant_id)
             return self._json(assistant)
+
+    async def _h_list_assistants(self, request: Request) -> Response:
+        limit, order, after, before = self._list_args(request)
+        with self._lock:
+            fault = self._check_faults("list_assistants", None, None)
+            if fault is not None:
+                return fault
+            items = copy.deepcopy(list(self._assistants.values()))
+            return self._json(
+                ob.list_envelope(items, limit=limit, order=order, after=after, before=before)
+            )
+
+    async def _h_modify_assistant(self, request: Request) -> Response:
+        assistant_id = request.path_params["assistant_id"]
+        body = await self._body(request)
+        if not isinstance(body, dict):
+            return body
+        with self._lock:
+            fault = self._check_faults("modify_assistant", None, None)
+            if fault is not None:
+                return fault
+            assistant = self._assistants.get(assistant_id)
+            if assistant is None:
+                return self._no_assistant(assistant_id)
+            unknown = sorted(body.keys() - ob.ASSISTANT_FIELDS)
+            if unknown:
+                return self._error(400, f"Unrecognized request argument supplied: {unknown[0]}")
+            if "model" in body and not isinstance(body["model"], str):
+                got = "null" if body["model"] is None else type(body["model"]).__name__
+                return self._error(
+                    400,
+                    f"Invalid type for 'model': expected a string, but got {got} instead.",
+                    param="model",
+                    code="invalid_type",
+                )
+            assistant = ob.modified_assistant(assistant, body)
+            self._assistants[assistant_id] = assistant
+            return self._json(assistant)
+
+    async def _h_delete_assistant(self, request: Request) -> Response:
+        assistant_id = request.path_params["assistant_id"]
+        with self._lock:
+            fault = self._check_faults("delete_assistant", None, None)
+            if fault is not None:
+                return fault
+            if self._assistants.pop(assistant_id, None) is None:
+                return self._no_assistant(assistant_id)
+            return self._json(ob.deleted_obj(assistant_id, "assistant"))
+
+    async def _h_list_models(self, request: Request) -> Response:
+        with self._lock:
+            fault = self._check_faults("list_models", None, None)
+            if fault is not None:
+                return fault
+        return self._json({"object": "list", "data": list(ob.MODELS)})
+
+    async def _h_get_model(self, request: Request) -> Response:
+        model = request.path_params["model"]
+        with self._lock:
+            fault = self._check_faults("retrieve_model", None, None)
+            if fault is not None:
+                return fault
+        for candidate in ob.MODELS:
+            if candidate["id"] == model:
+                return self._json(candidate)
+        return self._error(
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            code="model_not_found",
+        )
+
+    async def _h_http_exception(self, request: Request, exc: Exception) -> Response:
+        """Any URL or method the emulator does not serve, answered with the API's error
+        envelope (Starlette's own answer is plain text, which the SDK cannot read)."""
+        from starlette.exceptions import HTTPException
+        from starlette.routing import Match, Route
+
+        assert isinstance(exc, HTTPException)
+        where = f"{request.method} {request.url.path}"
+        if exc.status_code == 404:
+            return self._error(
+                404,
+                f"Unknown request URL: {where}. Please check the URL for typos, or see the docs "
+                "at https://platform.openai.com/docs/api-reference/.",
+            )
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route that matched the path only.
+            methods: set[str] = set()
+            for route in request.app.routes:
+                if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+                    methods |= route.methods or set()
+            allowed = ", ".join(sorted(methods))
+            return self._error(
+                405,
+                f"Method not allowed: {where}. This URL accepts {allowed}.",
+                extra={"allow": allowed},
+            )
+        return self._error(exc.status_code, str(exc.detail))  # pragma: no cover - none raised
 
     def _create_thread_locked(
         self, body: JSON, tool_resources: JSON | None = None
@@ -1413,3 +1523,23 @@ class _Clock:
             await send(message)
 
         await self.app(scope, receive, dated)
+
+
+class _QuietDisconnects:
+    """ASGI middleware: a client that goes away while its request is read (Starlette raises
+    ``ClientDisconnect`` from ``request.body()``) ends the request quietly, as the normal end it
+    is: there is nobody left to answer, and the request did not happen (nothing was counted or
+    changed, since every handler reads the body before touching any state). The ASGI server
+    sends nothing when the app returns after a disconnect, and logs nothing."""
+
+    def __init__(self, app: Any) -> None:
+        from starlette.requests import ClientDisconnect
+
+        self.app = app
+        self._disconnect = ClientDisconnect
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except self._disconnect:
+            return

@@ -36,8 +36,21 @@ def _runmachine_emulator_server() -> Iterator[Emulator]:
     from runmachine.testing import Emulator
 
     emulator = Emulator()
-    with emulator.serve():
+    try:
+        served = emulator.serve()
+        served.__enter__()
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in ("uvicorn", "starlette", "h11"):
+            raise
+        pytest.fail(
+            f"the emulator fixtures need {exc.name}, which is not installed: "
+            'pip install "runmachine[emulator]"',
+            pytrace=False,
+        )
+    try:
         yield emulator
+    finally:
+        served.__exit__(None, None, None)
 
 
 @pytest.fixture
