@@ -332,10 +332,12 @@ class RunCore:
         self._submitted.discard(round_ids)
 
     async def request_cancel(self) -> bool:
-        """Record a local cancel request. Returns False when the state has nothing to cancel.
+        """Record a local cancel request. Returns False when the state has nothing to cancel,
+        True when it moved the run to ``cancelling`` or was queued.
 
         Safe from any task and from hooks: while another transition runs, the request is queued
-        behind it (and dropped if the run is no longer cancellable by then)."""
+        behind it and True is returned at once; it is dropped if the run is no longer
+        cancellable by the time it is taken."""
         if self.state not in lifecycle.CANCELLABLE_STATES:
             return False
         return await self._fire(lifecycle.CANCEL, self._run, queue=True)

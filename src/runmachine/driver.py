@@ -48,7 +48,6 @@ from runmachine.backends.base import (
 )
 from runmachine.core import RunCore, required_call_ids
 from runmachine.errors import (
-    DuplicateSubmission,
     HookError,
     LedgerError,
     RequiresActionLoop,
@@ -373,6 +372,18 @@ class Driver:
                 )
             except TimeoutError as exc:
                 timeout = spec.timeout if spec else None
+                if timeout is None:  # the tool's own TimeoutError, not its limit
+                    await self._tool_failed(
+                        run,
+                        call,
+                        "tool_raised",
+                        f"tool {name!r} raised TimeoutError: {exc}",
+                        exc,
+                        round_no,
+                        started,
+                        results,
+                    )
+                    return
                 abandoned = call.id in in_threads
                 await self._tool_failed(
                     run,
@@ -543,7 +554,11 @@ class Driver:
         await ledger.round_submitted(run.id, round_no, call_ids)
         self.sent_here.add(round_no)
 
+        answered = False
+
         async def accepted() -> None:
+            nonlocal answered
+            answered = True
             await ledger.round_accepted(run.id, round_no)
 
         async def moved_on(confirmed: Run) -> None:
@@ -575,9 +590,11 @@ class Driver:
                 if not is_transient(exc):
                     raise
                 wait = retry_after(exc)
-            if core.state != lifecycle.SUBMITTING:
-                # Events of the new stream arrived before it broke: the round was accepted.
-                await accepted()
+            if core.state != lifecycle.SUBMITTING or answered:
+                # The server answered 2xx (or events of the new stream came before it broke):
+                # the round was accepted, and is never sent again; polling goes on from here.
+                if not answered:
+                    await accepted()
                 self.lost_content = True
                 return
             confirmed, _ = await self._read_back(ref)
@@ -737,16 +754,20 @@ class Driver:
         ledger gets the run's last status either way."""
         try:
             await work
-        except RunAborted:
-            with anyio.CancelScope(shield=True), suppress(Exception):
-                await self._record_status()
+        except RunAborted as exc:
+            if exc.result is None:
+                # Not through ``_abort`` (a DuplicateSubmission the core refused): the server
+                # run has not been cancelled yet.
+                with anyio.CancelScope(shield=True):
+                    await self._cleanup(exc)
+                exc.result = self.result()
+            else:
+                with anyio.CancelScope(shield=True):
+                    await self._bounded_record_status()
             raise
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                await self._cancel_server_run()
-                # The ledger's own failure must not mask the run's.
-                with suppress(Exception):
-                    await self._record_status()
+                await self._cleanup(exc)
             if self.orphan is not None:
                 _add_note(
                     exc,
@@ -754,11 +775,27 @@ class Driver:
                     f"answered for; it was found on its thread and cancelled (now "
                     f"{self.core.state})",
                 )
-            if isinstance(exc, DuplicateSubmission) and exc.result is None:
-                exc.result = self.result()
             raise
         await self._record_status()
         return self.result()
+
+    async def _cleanup(self, error: BaseException) -> None:
+        """Cancel the server run and record its last status, without ever masking ``error``:
+        a failure of the cleanup itself becomes a note on it."""
+        try:
+            await self._cancel_server_run()
+        except Exception as exc:
+            _add_note(
+                error,
+                f"runmachine: cancelling the server run failed too ({type(exc).__name__}: {exc})",
+            )
+        await self._bounded_record_status()
+
+    async def _bounded_record_status(self) -> None:
+        """The ledger's last word on the run, bounded by ``cancel_timeout``; its own failure must
+        not mask the run's."""
+        with anyio.move_on_after(self.options.cancel_timeout), suppress(Exception):
+            await self._record_status()
 
     async def _record_status(self) -> None:
         core = self.core
@@ -787,6 +824,10 @@ class Driver:
             with suppress(RunMachineError):
                 await core.request_cancel()
             run = await self._retrying(lambda: self.backend.cancel(ref))
+            if run is None:
+                # Refused (the run has ended meanwhile, say): read back the state it reached.
+                read = await self._retrying(lambda: self.backend.retrieve(ref))
+                run = read[0] if read is not None else None
             delay = 0.05
             while run is not None:
                 # A failing hook must not stop the run from being cancelled.

@@ -406,8 +406,11 @@ class RunMachine:
         await self.__core.feed(event)
 
     async def request_cancel(self) -> bool:
-        """Record a local cancel request (the driver then cancels the server run). Returns False
-        when the state has nothing to cancel. Safe from hooks and from any task."""
+        """Record a local cancel request in the state machine (``RunCore.request_cancel``).
+        Returns False when the state has nothing to cancel. Safe from hooks and from any task.
+
+        To cancel a run that is being driven on the server, cancel the task that drives it (an
+        anyio cancel scope): the driver then cancels the tools and the server run."""
         return await self.__core.request_cancel()
 
     def current_event(self) -> AssistantStreamEvent | None:

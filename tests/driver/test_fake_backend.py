@@ -14,11 +14,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import httpx2
 import openai
 import pytest
 from openai.types.beta.threads import Run
 
-from runmachine import MemoryLedger, RunCore, lifecycle, tool
+from runmachine import DuplicateSubmission, MemoryLedger, RunCore, lifecycle, tool
 from runmachine.backends import CreateRun, RequiredCall, RunRef, StreamLost
 from runmachine.backends.base import Backend, SubmitMode
 from runmachine.driver import Driver
@@ -222,3 +223,59 @@ def _request() -> Any:
     import httpx2
 
     return httpx2.Request("POST", "http://127.0.0.1/v1/threads/t/runs/r/submit_tool_outputs")
+
+
+async def test_a_duplicate_submission_the_core_refuses_still_cancels_the_server_run() -> None:
+    backend = ScriptedBackend([REQUIRES])
+    core = RunCore()
+    core.mark_submitted({"call_1", "call_2"})  # as a ledger that lost the round's entry would
+    with pytest.raises(DuplicateSubmission) as info:
+        await _driver(backend, core).create(CreateRun("thread_test", "asst_test"))
+    assert info.value.result is not None
+    assert backend.cancels == [RunRef("run_test", "thread_test")]
+    assert backend.submissions == []
+
+
+class RefusesCancel(ScriptedBackend):
+    """The run expired meanwhile: the cancel is refused (400) and the run reads back expired."""
+
+    async def cancel(self, ref: RunRef) -> Run:
+        self.cancels.append(ref)
+        raise openai.BadRequestError(
+            "Cannot cancel run with status 'expired'.",
+            response=httpx2.Response(400, request=_request()),
+            body=None,
+        )
+
+    async def retrieve(self, ref: RunRef) -> tuple[Run, float | None]:
+        self.retrieves += 1
+        return _run("expired"), 0.0
+
+
+async def test_a_refused_cancel_reads_back_the_state_the_run_reached() -> None:
+    started = anyio.Event()
+
+    @tool(name="add")
+    async def slow(a: int, b: int) -> int:
+        started.set()
+        await anyio.sleep_forever()
+        raise AssertionError("never")
+
+    backend = RefusesCancel([REQUIRES])
+    driver = _driver(backend)
+    driver.tools = {"add": as_spec(slow)}
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(driver.create, CreateRun("thread_test", "asst_test"))
+        await started.wait()
+        tg.cancel_scope.cancel()
+    assert len(backend.cancels) == 1
+    assert driver.core.state == lifecycle.EXPIRED
+
+
+def test_a_request_token_is_added_when_metadata_is_not_given() -> None:
+    for metadata in (openai.NOT_GIVEN, None, {"team": "x"}):
+        request = CreateRun("thread_test", "asst_test", {"metadata": metadata})
+        body = request.body()["metadata"]
+        assert body["runmachine_request"] == request.token
+    full = {f"k{i}": "v" for i in range(16)}
+    assert CreateRun("t", "a", {"metadata": full}).body()["metadata"] == full

@@ -75,6 +75,8 @@ class CreateRun:
     def body(self) -> dict[str, Any]:
         params = dict(self.params)
         metadata = params.get("metadata")
+        if metadata is None or isinstance(metadata, (openai.NotGiven, openai.Omit)):
+            metadata = None
         if metadata is None or (isinstance(metadata, dict) and len(metadata) < _METADATA_KEYS):
             params["metadata"] = {**(metadata or {}), REQUEST_KEY: self.token}
         return params
@@ -171,17 +173,16 @@ class AssistantsBackend:
         for run in page.data:
             if (run.metadata or {}).get(REQUEST_KEY) == request.token:
                 return run
-        if REQUEST_KEY in request.body().get("metadata", {}):
+        if REQUEST_KEY in (request.body().get("metadata") or {}):
             return None  # marked, and not there: the request created no run
         # Unmarked (the caller's metadata was full): the newest run, if it is recent enough on
         # the server's clock (second-resolution timestamps: within the request's second).
         newest = page.data[0] if page.data else None
         server = self._server_time
-        at_request = since
-        if server is not None:
-            at_request = server.seconds + (anyio.current_time() - server.local)
-            at_request -= time.time() - since
-        if newest is not None and newest.created_at >= int(at_request) - 1:
+        if server is None or newest is None:
+            return None  # no reading of the server's clock: this machine's cannot decide
+        at_request = server.seconds + (anyio.current_time() - server.local) - (time.time() - since)
+        if newest.created_at >= int(at_request) - 1 and newest.assistant_id == request.assistant_id:
             return newest
         return None
 
