@@ -74,6 +74,8 @@ class RunCore:
         self.history: list[TransitionRecord] = []
         self.tolerated: list[ToleratedEvent] = []
         self.stream_errors: list[Any] = []
+        #: A local cancel was recorded (``request_cancel``): the driver is to send it.
+        self.cancel_requested = False
         self._submitted: set[frozenset[str]] = set()
         self._pending_outputs: frozenset[str] = frozenset()
         self._busy: object | None = None
@@ -214,6 +216,8 @@ class RunCore:
             at=time.monotonic(),
         )
         self.history.append(record)
+        if record.trigger == lifecycle.CANCEL:
+            self.cancel_requested = True
         if "on_transition" in self.hooks:
             await self.call_hook("on_transition", record)
 
@@ -360,6 +364,8 @@ class RunCore:
         self.remember_run(run)
         if run.status == self.state:
             return
+        if self.state == lifecycle.CANCELLING and run.status in lifecycle.LATE_WHILE_CANCELLING:
+            return  # the server has not acted on the cancel yet
         try:
             events = lifecycle.path_to_status(self.state, run.status)
         except ValueError as exc:
@@ -411,9 +417,9 @@ class RunCore:
                 await self.call_hook("on_event", event)
         if name in lifecycle.CLOSES_TOOL_CALL and self._tool_call is not None:
             await self._tool_call_done()
-        if kind == "repeat":
+        if kind in ("repeat", "late"):
             self.tolerated.append(
-                ToleratedEvent(name, self.state, self.run_id, time.monotonic(), "repeat")
+                ToleratedEvent(name, self.state, self.run_id, time.monotonic(), kind)
             )
         else:
             await self._fire(name, run)

@@ -128,6 +128,8 @@ class Driver:
         self.requested_at = 0.0
         #: The id of a run found that way, and cancelled.
         self.orphan: str | None = None
+        #: The local cancel request has been sent to the server.
+        self.cancel_sent = False
         #: The latest server timestamp of the run seen live (``created_at``, ``started_at``).
         self.run_clock: ServerTime | None = None
 
@@ -190,6 +192,8 @@ class Driver:
         """From whatever state the core is in, go on until the run ends."""
         core = self.core
         while not core.is_finished:
+            if core.cancel_requested and not self.cancel_sent:
+                await self._send_cancel()
             if core.state == lifecycle.REQUIRES_ACTION:
                 await self._round()
             else:
@@ -266,6 +270,8 @@ class Driver:
             )
 
         outputs = await self._run_tools(run, calls, self.rounds, entry)
+        if self.core.state != lifecycle.REQUIRES_ACTION:
+            return  # cancelled while the tools ran (a hook asked): nothing is submitted
         await self._submit(run, self.rounds, call_ids, outputs)
 
     async def _same_round_again(self, run: Run, sent: RoundEntry, entry: RunEntry) -> None:
@@ -650,6 +656,8 @@ class Driver:
                     except StopAsyncIteration:
                         break
                     await feed(event)
+                    if core.cancel_requested and not self.cancel_sent:
+                        await self._send_cancel()
                     if event.event in lifecycle.LIFECYCLE_EVENTS:
                         self._saw_run_time(event.data)
                     if sink is not None:
@@ -839,6 +847,15 @@ class Driver:
                 delay = min(delay * 2, 1.0)
                 read = await self._retrying(lambda: self.backend.retrieve(ref))
                 run = read[0] if read is not None else None
+
+    async def _send_cancel(self) -> None:
+        """A cancel recorded locally (``request_cancel``, from a hook or another task) goes to
+        the server, once; the run's events (or polls) then bring its end."""
+        self.cancel_sent = True
+        with anyio.move_on_after(self.options.cancel_timeout, shield=True):
+            run = await self._retrying(lambda: self.backend.cancel(self._ref()))
+            if run is not None:
+                await self.core.observe_status(run)
 
     async def _find_orphan(self) -> Run | None:
         """The run the create request made although its answer never came (the host cancelled

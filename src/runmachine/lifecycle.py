@@ -36,6 +36,7 @@ __all__ = [
     "EVENT_STATE",
     "GUARDS",
     "INITIAL_STATE",
+    "LATE_WHILE_CANCELLING",
     "LIFECYCLE_EVENTS",
     "LOCAL_TRIGGERS",
     "NOT_ACCEPTED",
@@ -393,7 +394,11 @@ TRANSITIONS: Final[tuple[TransitionSpec, ...]] = _build_transitions()
 # Reading the table
 # --------------------------------------------------------------------------------------------
 
-EventKind: TypeAlias = Literal["transition", "repeat", "content", "unknown", "violation"]
+EventKind: TypeAlias = Literal["transition", "repeat", "late", "content", "unknown", "violation"]
+
+#: Statuses a run may still report after a cancel was asked for, before the server acts on it:
+#: in ``cancelling`` their events are late news, tolerated, not violations.
+LATE_WHILE_CANCELLING: Final[frozenset[str]] = frozenset({QUEUED, IN_PROGRESS, REQUIRES_ACTION})
 
 
 def classify(state: str, event: str) -> EventKind:
@@ -401,6 +406,8 @@ def classify(state: str, event: str) -> EventKind:
 
     - ``"transition"``: a lifecycle event the table allows here; it moves the state.
     - ``"repeat"``: the event announces the state the run is already in (``queued`` twice).
+    - ``"late"``: in ``cancelling``, an event the server sent before it acted on the cancel
+      (``in_progress``, ``requires_action``, ...); tolerated, it does not move the state.
     - ``"content"``: a message, step, delta or error event that may arrive in this state.
     - ``"unknown"``: an event name this table does not know; the API may add events, so it is
       tolerated.
@@ -413,6 +420,8 @@ def classify(state: str, event: str) -> EventKind:
             return "transition"
         if EVENT_STATE[event] == state and event != RUN_CREATED:
             return "repeat"
+        if state == CANCELLING and EVENT_STATE[event] in LATE_WHILE_CANCELLING:
+            return "late"
         return "violation"
     if event in CONTENT_EVENTS:
         return "content" if accepts_content(state, event) else "violation"

@@ -409,8 +409,9 @@ class RunMachine:
         """Record a local cancel request in the state machine (``RunCore.request_cancel``).
         Returns False when the state has nothing to cancel. Safe from hooks and from any task.
 
-        To cancel a run that is being driven on the server, cancel the task that drives it (an
-        anyio cancel scope): the driver then cancels the tools and the server run."""
+        During a driven run, the driver sends the cancel to the server as soon as it sees the
+        request (tools already running finish first; their round is not submitted). To stop the
+        tools at once too, cancel the task that drives the run (an anyio cancel scope)."""
         return await self.__core.request_cancel()
 
     def current_event(self) -> AssistantStreamEvent | None:

@@ -39,10 +39,10 @@ class ToleratedEvent:
     state: str = attrs.field(validator=_str)
     run_id: str | None = attrs.field(validator=_opt_str)
     at: float
-    kind: Literal["repeat", "unknown"] = attrs.field(
-        validator=attrs.validators.in_(("repeat", "unknown"))
+    kind: Literal["repeat", "late", "unknown"] = attrs.field(
+        validator=attrs.validators.in_(("repeat", "late", "unknown"))
     )
-    """``"repeat"`` or ``"unknown"``."""
+    """``"repeat"``, ``"late"`` (news from before a cancel took effect) or ``"unknown"``."""
 
 
 @attrs.frozen

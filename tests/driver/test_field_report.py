@@ -460,3 +460,34 @@ async def test_4_a_cut_plain_function_is_recorded_as_abandoned_and_goes_on(
     Threads.release.set()
     await anyio.to_thread.run_sync(Threads.finished.wait, 30)
     assert Threads.finished.is_set()
+
+
+class CancelsInProgress(Looping):
+    async def on_enter_in_progress(self, run: Any) -> None:
+        await self.request_cancel()
+
+
+class CancelsFromATool(Looping):
+    async def on_tool_started(self, tool_call: Any) -> None:
+        await self.request_cancel()
+
+
+@pytest.mark.parametrize("machine_class", [CancelsInProgress, CancelsFromATool])
+async def test_a_cancel_a_hook_requests_reaches_the_server(
+    emulator: Emulator,
+    openai_client: Any,
+    thread_and_assistant: Any,
+    machine_class: type[Looping],
+) -> None:
+    emulator.enqueue(Scenario().tool_round([("get_rain", {"city": "Oslo"})]).reply("never"))
+    thread_id, assistant_id = await thread_and_assistant(machine_class)
+    machine = machine_class(openai_client, poll_interval=0.02, max_poll_interval=0.05)
+    # A bound against a hang (a cancel never sent leaves the run waiting), not a measure of
+    # speed: the run ends in well under a second.
+    with anyio.fail_after(120):
+        result = await machine.run(thread_id=thread_id, assistant_id=assistant_id)
+    assert result.status == "cancelled"
+    stats = emulator.run_stats(result.run.id)
+    assert stats.status == "cancelled"
+    assert stats.cancel_requests == 1
+    assert stats.submissions_received == 0
