@@ -141,9 +141,6 @@ class RunCore:
                 parts.append("\n".join(blocks))
         return "\n\n".join(parts)
 
-    def required_call_ids(self) -> frozenset[str]:
-        return required_call_ids(self._run)
-
     # ----------------------------------------------------------------------------------------
     # What the driver tells the core
     # ----------------------------------------------------------------------------------------
@@ -179,9 +176,6 @@ class RunCore:
     # ----------------------------------------------------------------------------------------
     # Hooks
     # ----------------------------------------------------------------------------------------
-
-    def has_hook(self, name: str) -> bool:
-        return name in self.hooks
 
     async def call_hook(self, name: str, *args: Any) -> None:
         """Call the target's hook ``name`` if it defines one; its failure is a ``HookError``."""

@@ -43,6 +43,7 @@ from runmachine.backends.base import (
     ServerTime,
     StreamLost,
     is_refusal,
+    is_server_answer,
     is_transient,
     retry_after,
 )
@@ -881,7 +882,7 @@ class Driver:
             try:
                 return await request()
             except Exception as exc:
-                if is_refusal(exc) or (_is_api_error(exc) and not is_transient(exc)):
+                if is_refusal(exc) or (is_server_answer(exc) and not is_transient(exc)):
                     return None
                 if not is_transient(exc):
                     raise
@@ -938,12 +939,6 @@ def _add_note(error: BaseException, note: str) -> None:
         error.add_note(note)
     else:  # pragma: no cover
         setattr(error, "__notes__", [*getattr(error, "__notes__", []), note])  # noqa: B010
-
-
-def _is_api_error(error: BaseException) -> bool:
-    import openai
-
-    return isinstance(error, openai.APIError)
 
 
 def _waits_on(run: Run, call_ids: frozenset[str]) -> bool:

@@ -194,7 +194,8 @@ async def test_a_stream_lost_mid_run_is_recovered_by_polling_the_backend() -> No
     assert [type(e).__name__ for e in core.stream_errors] == ["StreamLost"]
 
 
-async def test_a_host_cancel_mid_tool_cancels_the_server_run_through_the_seam() -> None:
+async def _cancel_mid_tool(backend: ScriptedBackend) -> Driver:
+    """Drive a run through ``backend`` and cancel the host while its tool runs."""
     started = anyio.Event()
 
     @tool(name="add")
@@ -203,17 +204,18 @@ async def test_a_host_cancel_mid_tool_cancels_the_server_run_through_the_seam() 
         await anyio.sleep_forever()
         raise AssertionError("never")
 
-    backend = ScriptedBackend([REQUIRES])
     driver = _driver(backend)
     driver.tools = {"add": as_spec(slow)}
     async with anyio.create_task_group() as tg:
-
-        async def drive() -> None:
-            await driver.create(CreateRun("thread_test", "asst_test"))
-
-        tg.start_soon(drive)
+        tg.start_soon(driver.create, CreateRun("thread_test", "asst_test"))
         await started.wait()
         tg.cancel_scope.cancel()
+    return driver
+
+
+async def test_a_host_cancel_mid_tool_cancels_the_server_run_through_the_seam() -> None:
+    backend = ScriptedBackend([REQUIRES])
+    driver = await _cancel_mid_tool(backend)
     assert backend.cancels == [RunRef("run_test", "thread_test")]
     assert backend.submissions == []
     assert driver.core.state == lifecycle.CANCELLED
@@ -253,21 +255,8 @@ class RefusesCancel(ScriptedBackend):
 
 
 async def test_a_refused_cancel_reads_back_the_state_the_run_reached() -> None:
-    started = anyio.Event()
-
-    @tool(name="add")
-    async def slow(a: int, b: int) -> int:
-        started.set()
-        await anyio.sleep_forever()
-        raise AssertionError("never")
-
     backend = RefusesCancel([REQUIRES])
-    driver = _driver(backend)
-    driver.tools = {"add": as_spec(slow)}
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(driver.create, CreateRun("thread_test", "asst_test"))
-        await started.wait()
-        tg.cancel_scope.cancel()
+    driver = await _cancel_mid_tool(backend)
     assert len(backend.cancels) == 1
     assert driver.core.state == lifecycle.EXPIRED
 

@@ -35,6 +35,7 @@ __all__ = [
     "StreamLost",
     "SubmitMode",
     "is_refusal",
+    "is_server_answer",
     "is_transient",
     "retry_after",
 ]
@@ -157,6 +158,12 @@ def is_transient(error: BaseException) -> bool:
             StreamLost,
         ),
     )
+
+
+def is_server_answer(error: BaseException) -> bool:
+    """The server answered with an error (any status), or the request failed on the way: the
+    SDK's own ``APIError`` family."""
+    return isinstance(error, openai.APIError)
 
 
 def is_refusal(error: BaseException) -> bool:
