@@ -38,7 +38,7 @@ from runmachine.records import ToleratedEvent, TransitionRecord
 if TYPE_CHECKING:
     from transitions.core import EventData
 
-__all__ = ["RunCore", "required_call_ids"]
+__all__ = ["CoreBase", "RunCore", "required_call_ids"]
 
 
 def required_call_ids(run: Run | None) -> frozenset[str]:
@@ -51,23 +51,31 @@ def required_call_ids(run: Run | None) -> frozenset[str]:
 _DEFAULT_ENGINE = engine_for(lifecycle.TRANSITIONS, frozenset())
 
 
-class RunCore:
-    """The state, history and snapshots of one run, moved only by the table's triggers.
+class CoreBase:
+    """What every core shares, whatever the server: the state, moved only by its table's triggers
+    (one at a time), the history, the hooks, and the local actions (handing over outputs,
+    cancelling). ``RunCore`` (an Assistants run) and ``TurnCore`` (an agent-session turn,
+    ``runmachine.turn_core``) add what their server's events mean.
 
-    ``target`` is the object whose hooks are called (``hooks`` names those it defines);
-    ``engine`` the table's engine (``runmachine.engine.engine_for``), the shared table's by default.
+    ``run_id`` and ``thread_id`` name what is driven and where it lives: the run and its thread,
+    or the turn and its session.
     """
+
+    #: The states this core's subject ends in.
+    terminal_states: frozenset[str] = lifecycle.TERMINAL_STATES
+    #: Where a local cancel request may be made.
+    cancellable_states: tuple[str, ...] = lifecycle.CANCELLABLE_STATES
 
     def __init__(
         self,
-        target: object | None = None,
+        target: object | None,
         *,
-        engine: Engine | None = None,
+        engine: Engine,
         hooks: frozenset[str] = frozenset(),
     ) -> None:
         self.target = target
         self.hooks = hooks
-        self.engine = engine if engine is not None else _DEFAULT_ENGINE
+        self.engine = engine
         self.state: str = lifecycle.INITIAL_STATE
         self.run_id: str | None = None
         self.thread_id: str | None = None
@@ -79,86 +87,33 @@ class RunCore:
         self._submitted: set[frozenset[str]] = set()
         self._pending_outputs: frozenset[str] = frozenset()
         self._busy: object | None = None
-        self._queue: deque[tuple[str, Run | None]] = deque()
+        self._queue: deque[tuple[str, Any]] = deque()
         self._idle: anyio.Event | None = None
-        self._run: Run | None = None
-        self._event: AssistantStreamEvent | None = None
-        self._messages: dict[str, Message] = {}
-        self._message: Message | None = None
-        self._steps: dict[str, RunStep] = {}
-        self._step_id: str | None = None
-        self._content_index: int | None = None
-        self._content: Any = None
-        self._tool_call_index: int | None = None
-        self._tool_call: ToolCall | None = None
-
-    # ----------------------------------------------------------------------------------------
-    # Reading
-    # ----------------------------------------------------------------------------------------
 
     @property
     def is_finished(self) -> bool:
-        return self.state in lifecycle.TERMINAL_STATES
+        return self.state in self.terminal_states
 
     @property
     def submitted_rounds(self) -> frozenset[frozenset[str]]:
         """The rounds (sets of call ids) handed to the server and not known to be refused."""
         return frozenset(self._submitted)
 
-    def current_event(self) -> AssistantStreamEvent | None:
-        return self._event
+    def subject(self) -> Any:
+        """What state hooks receive: the run (or turn) as last reported."""
+        raise NotImplementedError
 
-    def current_run(self) -> Run | None:
-        """The run as of the latest lifecycle event (or poll)."""
-        return self._run
+    def required_ids(self) -> frozenset[str]:
+        """The ids of what the server waits on now (call ids; approval request ids)."""
+        raise NotImplementedError
 
-    def current_message_snapshot(self) -> Message | None:
-        return self._message
+    def status(self) -> str | None:
+        """The server's last word on the subject's status, as a state name."""
+        raise NotImplementedError
 
-    def current_run_step_snapshot(self) -> RunStep | None:
-        return None if self._step_id is None else self._steps.get(self._step_id)
-
-    def final_run(self) -> Run:
-        """The run as the server left it. Raises ``RuntimeError`` before a terminal state."""
-        if not self.is_finished or self._run is None:
-            raise RuntimeError(f"the run has not finished (state {self.state!r})")
-        return self._run
-
-    def final_messages(self) -> list[Message]:
-        """Every message of the run, in the order they were created."""
-        return list(self._messages.values())
-
-    def final_run_steps(self) -> list[RunStep]:
-        return list(self._steps.values())
-
-    def text(self) -> str:
-        """All the assistant text of this run: text blocks joined by newlines, messages by a
-        blank line."""
-        parts = []
-        for message in self._messages.values():
-            blocks = [c.text.value for c in message.content if c.type == "text"]
-            if blocks:
-                parts.append("\n".join(blocks))
-        return "\n\n".join(parts)
-
-    # ----------------------------------------------------------------------------------------
-    # What the driver tells the core
-    # ----------------------------------------------------------------------------------------
-
-    def remember_run(self, run: Run) -> None:
-        """Take ``run`` as the latest report of the run (from an event, a poll or a cancel)."""
-        self._run = run
-        if self.run_id is None:
-            self.run_id = run.id
-            self.thread_id = run.thread_id
-
-    def replace_messages(self, messages: Iterable[Message]) -> None:
-        """Replace the message snapshots with authoritative ones (e.g. from ``messages.list``,
-        oldest first). Their order wins: a message lost with a dropped stream comes back in its
-        place, before messages a later stream showed."""
-        fresh = {message.id: message for message in messages}
-        rest = {key: value for key, value in self._messages.items() if key not in fresh}
-        self._messages = {**fresh, **rest}
+    def remember(self, subject: Any) -> None:
+        """Take ``subject`` as the latest report of what is driven."""
+        raise NotImplementedError
 
     def record_stream_error(self, error: object) -> None:
         """A stream ended abnormally (or carried an error event); kept for the result."""
@@ -216,10 +171,9 @@ class RunCore:
             await self.call_hook("on_transition", record)
 
     def _context(self, outputs: frozenset[str] | None = None) -> lifecycle.GuardContext:
-        run = self._run
         return lifecycle.GuardContext(
-            status=run.status if run is not None else None,
-            required=required_call_ids(run),
+            status=self.status(),
+            required=self.required_ids(),
             outputs=self._pending_outputs if outputs is None else outputs,
             submitted=self._submitted,
         )
@@ -228,7 +182,7 @@ class RunCore:
     # Firing triggers, one at a time
     # ----------------------------------------------------------------------------------------
 
-    async def _fire(self, trigger: str, run: Run | None, *, queue: bool = False) -> bool:
+    async def _fire(self, trigger: str, run: Any, *, queue: bool = False) -> bool:
         """Fire ``trigger``; True if the state changed (or, queued, once it is processed).
 
         While another trigger runs, ``queue=True`` puts this one behind it and returns at once;
@@ -311,21 +265,22 @@ class RunCore:
             raise self._refusal(lifecycle.SUBMIT, outputs, in_state)
         self._pending_outputs = outputs
         try:
-            moved = await self._fire(lifecycle.SUBMIT, self._run)
+            moved = await self._fire(lifecycle.SUBMIT, self.subject())
         finally:
             self._pending_outputs = frozenset()
         if not moved:
             raise self._refusal(lifecycle.SUBMIT, outputs, in_state)
         self._submitted.add(outputs)
 
-    async def submission_not_accepted(self, run: Run) -> None:
-        """The last submission failed in transit and the server still waits on the same round:
-        back to ``requires_action``, the round no longer counted as submitted."""
-        self.remember_run(run)
-        round_ids = required_call_ids(run)
-        if not await self._fire(lifecycle.NOT_ACCEPTED, run):
+    async def submission_not_accepted(self, subject: Any) -> None:
+        """The last submission failed in transit and the server still waits on the same round
+        (``subject``, read back, says so): back to ``requires_action``, the round no longer
+        counted as submitted."""
+        self.remember(subject)
+        round_ids = self.required_ids()
+        if not await self._fire(lifecycle.NOT_ACCEPTED, subject):
             raise ProtocolViolation(
-                lifecycle.NOT_ACCEPTED, self.state, self.run_id, f"run status is {run.status!r}"
+                lifecycle.NOT_ACCEPTED, self.state, self.run_id, f"status is {self.status()!r}"
             )
         self._submitted.discard(round_ids)
 
@@ -336,9 +291,114 @@ class RunCore:
         Safe from any task and from hooks: while another transition runs, the request is queued
         behind it and True is returned at once; it is dropped if the run is no longer
         cancellable by the time it is taken."""
-        if self.state not in lifecycle.CANCELLABLE_STATES:
+        if self.state not in self.cancellable_states:
             return False
-        return await self._fire(lifecycle.CANCEL, self._run, queue=True)
+        return await self._fire(lifecycle.CANCEL, self.subject(), queue=True)
+
+
+class RunCore(CoreBase):
+    """The state, history and snapshots of one Assistants run, moved only by the table's
+    triggers.
+
+    ``target`` is the object whose hooks are called (``hooks`` names those it defines);
+    ``engine`` the table's engine (``runmachine.engine.engine_for``), the shared table's by default.
+    """
+
+    def __init__(
+        self,
+        target: object | None = None,
+        *,
+        engine: Engine | None = None,
+        hooks: frozenset[str] = frozenset(),
+    ) -> None:
+        super().__init__(
+            target, engine=engine if engine is not None else _DEFAULT_ENGINE, hooks=hooks
+        )
+        self._run: Run | None = None
+        self._event: AssistantStreamEvent | None = None
+        self._messages: dict[str, Message] = {}
+        self._message: Message | None = None
+        self._steps: dict[str, RunStep] = {}
+        self._step_id: str | None = None
+        self._content_index: int | None = None
+        self._content: Any = None
+        self._tool_call_index: int | None = None
+        self._tool_call: ToolCall | None = None
+
+    def subject(self) -> Run | None:
+        return self._run
+
+    def required_ids(self) -> frozenset[str]:
+        return required_call_ids(self._run)
+
+    def status(self) -> str | None:
+        return self._run.status if self._run is not None else None
+
+    def remember(self, subject: Any) -> None:
+        self.remember_run(subject)
+
+    # ----------------------------------------------------------------------------------------
+    # Reading
+    # ----------------------------------------------------------------------------------------
+
+    def current_event(self) -> AssistantStreamEvent | None:
+        return self._event
+
+    def current_run(self) -> Run | None:
+        """The run as of the latest lifecycle event (or poll)."""
+        return self._run
+
+    def current_message_snapshot(self) -> Message | None:
+        return self._message
+
+    def current_run_step_snapshot(self) -> RunStep | None:
+        return None if self._step_id is None else self._steps.get(self._step_id)
+
+    def final_run(self) -> Run:
+        """The run as the server left it. Raises ``RuntimeError`` before a terminal state."""
+        if not self.is_finished or self._run is None:
+            raise RuntimeError(f"the run has not finished (state {self.state!r})")
+        return self._run
+
+    def final_messages(self) -> list[Message]:
+        """Every message of the run, in the order they were created."""
+        return list(self._messages.values())
+
+    def final_run_steps(self) -> list[RunStep]:
+        return list(self._steps.values())
+
+    def text(self) -> str:
+        """All the assistant text of this run: text blocks joined by newlines, messages by a
+        blank line."""
+        parts = []
+        for message in self._messages.values():
+            blocks = [c.text.value for c in message.content if c.type == "text"]
+            if blocks:
+                parts.append("\n".join(blocks))
+        return "\n\n".join(parts)
+
+    # ----------------------------------------------------------------------------------------
+    # What the driver tells the core
+    # ----------------------------------------------------------------------------------------
+
+    def remember_run(self, run: Run) -> None:
+        """Take ``run`` as the latest report of the run (from an event, a poll or a cancel)."""
+        self._run = run
+        if self.run_id is None:
+            self.run_id = run.id
+            self.thread_id = run.thread_id
+
+    def replace_messages(self, messages: Iterable[Message]) -> None:
+        """Replace the message snapshots with authoritative ones (e.g. from ``messages.list``,
+        oldest first). Their order wins: a message lost with a dropped stream comes back in its
+        place, before messages a later stream showed."""
+        fresh = {message.id: message for message in messages}
+        rest = {key: value for key, value in self._messages.items() if key not in fresh}
+        self._messages = {**fresh, **rest}
+
+    # ----------------------------------------------------------------------------------------
+    # Adopting and polling
+    # ----------------------------------------------------------------------------------------
 
     async def adopt(self, run: Run) -> None:
         """Pick up a run that already exists on the server, in whatever status it reports."""

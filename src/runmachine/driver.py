@@ -47,7 +47,7 @@ from runmachine.backends.base import (
     is_transient,
     retry_after,
 )
-from runmachine.core import RunCore, required_call_ids
+from runmachine.core import CoreBase, RunCore, required_call_ids
 from runmachine.errors import (
     HookError,
     LedgerError,
@@ -64,7 +64,7 @@ from runmachine.records import ToolCallRecord
 from runmachine.result import RunResult
 from runmachine.tools import ToolSpec, encode_output, error_output
 
-__all__ = ["Driver", "EventStream", "ToolErrorPolicy"]
+__all__ = ["Driver", "DriverBase", "EventStream", "ToolErrorPolicy"]
 
 T = TypeVar("T")
 
@@ -82,17 +82,22 @@ ToolErrorPolicy = Callable[[ToolCallRecord, BaseException], "Awaitable[bool | No
 Sink = Callable[[AssistantStreamEvent], Awaitable[None]]
 
 
-class Driver:
-    """Drives one run, fed into ``core``, from creation (or adoption) to its end.
+class DriverBase:
+    """What drives any run-shaped subject to its end, whatever its server: its tools (one round
+    at a time, concurrently), the ledger, the loop guards, and the way out (a failure or a
+    cancel of the host cancels the subject on the server, shielded and bounded, before it
+    propagates). ``Driver`` drives an Assistants run; ``TurnDriver`` an agent-session turn.
 
     ``tools`` are the tools the run may call (methods bound to ``owner``); ``machine_name`` is how
     the ledger names the machine class (``module:Class``) so that ``runmachine resume`` finds it.
     """
 
+    #: What is driven, in messages ("run", "turn").
+    noun: ClassVar[str] = "run"
+
     def __init__(
         self,
-        core: RunCore,
-        backend: Backend,
+        core: CoreBase,
         *,
         options: DriverOptions,
         tools: Mapping[str, ToolSpec],
@@ -100,10 +105,8 @@ class Driver:
         ledger: Ledger,
         machine_name: str,
         on_tool_error: ToolErrorPolicy | None = None,
-        sink: Sink | None = None,
+        sink: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
-        self.core = core
-        self.backend = backend
         self.options = options
         self.tools = dict(tools)
         self.owner = owner
@@ -123,14 +126,407 @@ class Driver:
         self.failing: tuple[ToolCallRecord, BaseException] | None = None
         self.round_failed: BaseException | None = None
         self.round_scope: anyio.CancelScope | None = None
+        #: The id of a subject the create request made although its answer never came, found
+        #: and cancelled.
+        self.orphan: str | None = None
+        #: The local cancel request has been sent to the server.
+        self.cancel_sent = False
+        self.core = core
+
+    def result(self) -> RunResult:
+        """What the driven subject came to (so far)."""
+        raise NotImplementedError
+
+    async def _cancel_server_run(self) -> None:
+        """Cancel the subject on the server and wait for the cancel to land (shielded, within
+        ``cancel_timeout``)."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------
+    # Rounds
+    # ----------------------------------------------------------------------------------------
+
+    async def _next_round(
+        self, subject_id: str, calls: list[RequiredCall], entry: RunEntry
+    ) -> None:
+        """Number the round ``calls`` make (calls recorded before a restart keep their round's
+        number) and stop the run if it is one round too many, or the same calls once too often
+        (``max_rounds``, ``max_identical_rounds``)."""
+        noun = self.noun
+        recorded = [entry.calls[c.id].round for c in calls if c.id in entry.calls]
+        self.rounds = recorded[0] if recorded else max(self.rounds, entry.last_round) + 1
+        signature = Counter((c.name, _canonical(c.arguments)) for c in calls)
+        self.identical = self.identical + 1 if signature == self.last_signature else 1
+        self.last_signature = signature
+        if self.rounds > self.options.max_rounds:
+            self.rounds -= 1
+            await self._abort(
+                TooManyRounds,
+                f"{noun} {subject_id} asked for tool round {self.rounds + 1}, past max_rounds="
+                f"{self.options.max_rounds}; the {noun} was cancelled",
+            )
+        if self.identical > self.options.max_identical_rounds:
+            self.rounds -= 1
+            await self._abort(
+                RequiresActionLoop,
+                f"{noun} {subject_id} asked for the same tool calls "
+                f"({', '.join(sorted(n for n, _ in signature))}) in {self.identical} rounds in a "
+                f"row, past max_identical_rounds={self.options.max_identical_rounds}; "
+                f"the {noun} was cancelled",
+            )
+
+    # ----------------------------------------------------------------------------------------
+    # Tools
+    # ----------------------------------------------------------------------------------------
+
+    async def _run_tools(
+        self,
+        run_id: str,
+        calls: list[RequiredCall],
+        round_no: int,
+        entry: RunEntry,
+        deadline: float,
+        started_arg: Callable[[RequiredCall], Any],
+        deadline_reason: tuple[str, str],
+    ) -> dict[str, str]:
+        """Run one round's tools concurrently (within ``tool_concurrency``, each within its
+        ``timeout``, all before ``deadline``), each call's start and output in the ledger under
+        ``run_id``; ``on_tool_started`` gets ``started_arg(call)``. Returns one output per call.
+        A call still running at ``deadline`` is stopped with an error output that says it was
+        ``deadline_reason`` (when, and why: ``("5.0 s before ...", " so ...")``)."""
+        results: dict[str, ToolCallRecord] = {}
+        starts: dict[str, float] = {}
+        #: Calls whose plain-function tool is running in a worker thread right now.
+        in_threads: set[str] = set()
+        ledger = self.ledger
+        core = self.core
+
+        async def one(call: RequiredCall) -> None:
+            try:
+                await attempt(call)
+            except (HookError, LedgerError, SystemExit, KeyboardInterrupt) as exc:
+                # A hook's or the ledger's failure, or an exit a tool let through, stops the
+                # round and is raised after it, as itself (no exception group; SystemExit keeps
+                # its code), never passed off as the tool's error.
+                if self.round_failed is None:
+                    self.round_failed = exc
+                assert self.round_scope is not None
+                self.round_scope.cancel()
+
+        async def attempt(call: RequiredCall) -> None:
+            name = call.name
+            arguments = call.arguments
+            spec = self.tools.get(name)
+            started: float | None = None
+            known = entry.calls.get(call.id)
+            if known is not None and known.finished:
+                # Recorded by an earlier process: never run again.
+                results[call.id] = _record_from(known)
+                await core.call_hook("on_tool_finished", results[call.id])
+                return
+            try:
+                if known is not None and spec is not None and not spec.idempotent:
+                    raise ToolError("interrupted", interrupted_message(name))
+                if spec is None:
+                    raise ToolError(
+                        "unknown_tool",
+                        f"no tool named {name!r}; known tools: {sorted(self.tools)}",
+                    )
+                kwargs = spec.parse_arguments(arguments)
+                func = spec.bind(self.owner)
+                async with limiter:
+                    await core.call_hook("on_tool_started", started_arg(call))
+                    await ledger.call_started(run_id, call.id, round_no, name, arguments)
+                    started = starts[call.id] = time.monotonic()
+                    with anyio.fail_after(spec.timeout) if spec.timeout else _nothing():
+                        if spec.is_async:
+                            value = await func(**kwargs)
+                        else:
+                            in_threads.add(call.id)
+                            value = await anyio.to_thread.run_sync(
+                                lambda: func(**kwargs), abandon_on_cancel=True
+                            )
+                            in_threads.discard(call.id)
+                output = encode_output(value)
+                finished = time.monotonic()
+                try:
+                    await ledger.call_finished(
+                        run_id, call.id, round_no, name, arguments, output, None
+                    )
+                except LedgerError as exc:
+                    # The tool ran (its effect happened): what it returned is kept in the error.
+                    exc.call_id, exc.output = call.id, output
+                    raise
+                results[call.id] = ToolCallRecord(
+                    call.id, name, arguments, output, None, round_no, started, finished
+                )
+                await core.call_hook("on_tool_finished", results[call.id])
+            except (HookError, LedgerError):
+                raise
+            except ToolError as exc:
+                await self._tool_failed(
+                    run_id, call, exc.kind, exc.message, exc, round_no, started, results
+                )
+            except TimeoutError as exc:
+                timeout = spec.timeout if spec else None
+                if timeout is None:  # the tool's own TimeoutError, not its limit
+                    await self._tool_failed(
+                        run_id,
+                        call,
+                        "tool_raised",
+                        f"tool {name!r} raised TimeoutError: {exc}",
+                        exc,
+                        round_no,
+                        started,
+                        results,
+                    )
+                    return
+                abandoned = call.id in in_threads
+                await self._tool_failed(
+                    run_id,
+                    call,
+                    "timeout",
+                    f"tool {name!r} did not finish within {timeout} s"
+                    + (_ABANDONED if abandoned else ""),
+                    exc,
+                    round_no,
+                    started,
+                    results,
+                    abandoned=abandoned,
+                )
+            except Exception as exc:
+                await self._tool_failed(
+                    run_id,
+                    call,
+                    "tool_raised",
+                    f"tool {name!r} raised {type(exc).__name__}: {exc}",
+                    exc,
+                    round_no,
+                    started,
+                    results,
+                )
+
+        # The limit binds only when the round has more calls than it allows.
+        limiter = self.limiter if len(calls) > self.options.tool_concurrency else _NO_LIMIT
+        with anyio.CancelScope(deadline=deadline) as self.round_scope:
+            if len(calls) == 1:
+                await one(calls[0])
+            else:
+                async with anyio.create_task_group() as tg:
+                    for call in calls:
+                        tg.start_soon(one, call)
+        self.round_scope = None
+        if self.round_failed is not None:
+            raise self.round_failed
+        if self.failing is not None:
+            record, cause = self.failing
+            self.records.extend(r for r in results.values() if r is not record)
+            self.records.append(record)
+            await self._abort(
+                ToolFailed,
+                f"on_tool_error failed the run because of tool call {record.id} "
+                f"({record.name}): {record.error}",
+                cause,
+            )
+        now = time.monotonic()
+        for call in calls:
+            if call.id not in results:
+                abandoned = call.id in in_threads
+                message = (
+                    f"tool {call.name!r} was still running {deadline_reason[0]} and was "
+                    + ("cut" + _ABANDONED if abandoned else "stopped")
+                    + deadline_reason[1]
+                )
+                record = ToolCallRecord(
+                    call.id,
+                    call.name,
+                    call.arguments,
+                    error_output("deadline", message, call.name),
+                    message,
+                    round_no,
+                    starts.get(call.id),
+                    now,
+                    abandoned=abandoned,
+                )
+                results[call.id] = record
+                await self._finished(run_id, record)
+                await self._maybe_fail_run(record, TimeoutError(message))
+        ordered = [results[c.id] for c in calls]
+        self.records.extend(ordered)
+        return {r.id: r.output for r in ordered}
+
+    async def _tool_failed(
+        self,
+        run_id: str,
+        call: RequiredCall,
+        kind: str,
+        message: str,
+        exc: BaseException,
+        round_no: int,
+        started: float | None,
+        results: dict[str, ToolCallRecord],
+        *,
+        abandoned: bool = False,
+    ) -> None:
+        record = ToolCallRecord(
+            call.id,
+            call.name,
+            call.arguments,
+            error_output(kind, message, call.name),
+            message,
+            round_no,
+            started,
+            time.monotonic(),
+            abandoned=abandoned,
+        )
+        results[call.id] = record
+        await self._finished(run_id, record)
+        await self._maybe_fail_run(record, exc)
+
+    async def _finished(self, run_id: str, record: ToolCallRecord) -> None:
+        await self.ledger.call_finished(
+            run_id,
+            record.id,
+            record.round,
+            record.name,
+            record.arguments,
+            record.output,
+            record.error,
+        )
+        await self.core.call_hook("on_tool_finished", record)
+
+    async def _maybe_fail_run(self, record: ToolCallRecord, exc: BaseException) -> None:
+        if self.on_tool_error is None:
+            return
+        try:
+            decision: Any = self.on_tool_error(record, exc)
+            if inspect.isawaitable(decision):
+                decision = await decision
+        except Exception as error:
+            core = self.core
+            raise HookError("on_tool_error", core.state, core.run_id, error) from error
+        if decision and self.failing is None:
+            # Raised after the round's task group, not inside it (no exception groups).
+            self.failing = (record, exc)
+            if self.round_scope is not None:
+                self.round_scope.cancel()
+
+    # ----------------------------------------------------------------------------------------
+    # Ending: aborts, cleanup
+    # ----------------------------------------------------------------------------------------
+
+    async def _abort(
+        self, kind: type[RunAborted], message: str, cause: BaseException | None = None
+    ) -> None:
+        self.error = message
+        await self._cancel_server_run()
+        raise kind(message, self.result()) from cause
+
+    async def _guarded(self, work: Awaitable[None]) -> RunResult:
+        """Run ``work``; whatever ends it early, cancel the server run before propagating. The
+        ledger gets the run's last status either way."""
+        try:
+            await work
+        except RunAborted as exc:
+            if exc.result is None:
+                # Not through ``_abort`` (a DuplicateSubmission the core refused): the server
+                # run has not been cancelled yet.
+                with anyio.CancelScope(shield=True):
+                    await self._cleanup(exc)
+                exc.result = self.result()
+            else:
+                with anyio.CancelScope(shield=True):
+                    await self._bounded_record_status()
+            raise
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._cleanup(exc)
+            if self.orphan is not None:
+                _add_note(
+                    exc,
+                    f"runmachine: the run this request created ({self.orphan}) was never "
+                    f"answered for; it was found on its thread and cancelled (now "
+                    f"{self.core.state})",
+                )
+            raise
+        await self._record_status()
+        return self.result()
+
+    async def _cleanup(self, error: BaseException) -> None:
+        """Cancel the server run and record its last status, without ever masking ``error``:
+        a failure of the cleanup itself becomes a note on it."""
+        try:
+            await self._cancel_server_run()
+        except Exception as exc:
+            _add_note(
+                error,
+                f"runmachine: cancelling the server run failed too ({type(exc).__name__}: {exc})",
+            )
+        await self._bounded_record_status()
+
+    async def _bounded_record_status(self) -> None:
+        """The ledger's last word on the run, bounded by ``cancel_timeout``; its own failure must
+        not mask the run's."""
+        with anyio.move_on_after(self.options.cancel_timeout), suppress(Exception):
+            await self._record_status()
+
+    async def _record_status(self) -> None:
+        core = self.core
+        if core.run_id is not None and core.thread_id is not None:
+            await self.ledger.record_run(core.run_id, core.thread_id, core.state, self.machine_name)
+
+    async def _retrying(self, request: Callable[[], Awaitable[T]]) -> T | None:
+        """``request()``, tried again while it fails transiently (inside the caller's bound);
+        ``None`` when the server refuses it (the run has already ended, say)."""
+        delay = 0.1
+        while True:
+            try:
+                return await request()
+            except Exception as exc:
+                if is_refusal(exc) or (is_server_answer(exc) and not is_transient(exc)):
+                    return None
+                if not is_transient(exc):
+                    raise
+                wait = retry_after(exc)
+            await anyio.sleep(wait if wait is not None else delay)
+            delay = min(delay * 2, 2.0)
+
+
+class Driver(DriverBase):
+    """Drives one Assistants run, fed into ``core``, from creation (or adoption) to its end,
+    talking to the server through ``backend``."""
+
+    core: RunCore
+
+    def __init__(
+        self,
+        core: RunCore,
+        backend: Backend,
+        *,
+        options: DriverOptions,
+        tools: Mapping[str, ToolSpec],
+        owner: object,
+        ledger: Ledger,
+        machine_name: str,
+        on_tool_error: ToolErrorPolicy | None = None,
+        sink: Sink | None = None,
+    ) -> None:
+        super().__init__(
+            core,
+            options=options,
+            tools=tools,
+            owner=owner,
+            ledger=ledger,
+            machine_name=machine_name,
+            on_tool_error=on_tool_error,
+            sink=cast("Callable[[Any], Awaitable[None]] | None", sink),
+        )
+        self.core = core
+        self.backend = backend
         #: The request that creates the run, and when it was sent (to find the run it created
         #: when its answer never came).
         self.request: Any = None
         self.requested_at = 0.0
-        #: The id of a run found that way, and cancelled.
-        self.orphan: str | None = None
-        #: The local cancel request has been sent to the server.
-        self.cancel_sent = False
         #: The latest server timestamp of the run seen live (``created_at``, ``started_at``).
         self.run_clock: ServerTime | None = None
 
@@ -247,30 +643,19 @@ class Driver:
             await self._submit(run, sent.round, call_ids, _recorded_outputs(entry, calls))
             return
 
-        # Calls recorded before a restart keep their round's number.
-        recorded = [entry.calls[c.id].round for c in calls if c.id in entry.calls]
-        self.rounds = recorded[0] if recorded else max(self.rounds, entry.last_round) + 1
-        signature = Counter((c.name, _canonical(c.arguments)) for c in calls)
-        self.identical = self.identical + 1 if signature == self.last_signature else 1
-        self.last_signature = signature
-        if self.rounds > self.options.max_rounds:
-            self.rounds -= 1
-            await self._abort(
-                TooManyRounds,
-                f"run {run.id} asked for tool round {self.rounds + 1}, past max_rounds="
-                f"{self.options.max_rounds}; the run was cancelled",
-            )
-        if self.identical > self.options.max_identical_rounds:
-            self.rounds -= 1
-            await self._abort(
-                RequiresActionLoop,
-                f"run {run.id} asked for the same tool calls "
-                f"({', '.join(sorted(n for n, _ in signature))}) in {self.identical} rounds in a "
-                f"row, past max_identical_rounds={self.options.max_identical_rounds}; "
-                "the run was cancelled",
-            )
-
-        outputs = await self._run_tools(run, calls, self.rounds, entry)
+        await self._next_round(run.id, calls, entry)
+        outputs = await self._run_tools(
+            run.id,
+            calls,
+            self.rounds,
+            entry,
+            self._round_deadline(run),
+            lambda call: _sdk_call(run, call.id),
+            (
+                f"{self.options.deadline_margin} s before the run's expires_at",
+                " so the run does not expire",
+            ),
+        )
         if self.core.state != lifecycle.REQUIRES_ACTION:
             return  # cancelled while the tools ran (a hook asked): nothing is submitted
         await self._submit(run, self.rounds, call_ids, outputs)
@@ -295,232 +680,6 @@ class Driver:
         self.core.forget_submission(call_ids)
         calls = self.backend.required_calls(confirmed)
         await self._submit(run, sent.round, call_ids, _recorded_outputs(entry, calls))
-
-    # ----------------------------------------------------------------------------------------
-    # Tools
-    # ----------------------------------------------------------------------------------------
-
-    async def _run_tools(
-        self, run: Run, calls: list[RequiredCall], round_no: int, entry: RunEntry
-    ) -> dict[str, str]:
-        results: dict[str, ToolCallRecord] = {}
-        starts: dict[str, float] = {}
-        #: Calls whose plain-function tool is running in a worker thread right now.
-        in_threads: set[str] = set()
-        deadline = self._round_deadline(run)
-        ledger = self.ledger
-        core = self.core
-
-        async def one(call: RequiredCall) -> None:
-            try:
-                await attempt(call)
-            except (HookError, LedgerError, SystemExit, KeyboardInterrupt) as exc:
-                # A hook's or the ledger's failure, or an exit a tool let through, stops the
-                # round and is raised after it, as itself (no exception group; SystemExit keeps
-                # its code), never passed off as the tool's error.
-                if self.round_failed is None:
-                    self.round_failed = exc
-                assert self.round_scope is not None
-                self.round_scope.cancel()
-
-        async def attempt(call: RequiredCall) -> None:
-            name = call.name
-            arguments = call.arguments
-            spec = self.tools.get(name)
-            started: float | None = None
-            known = entry.calls.get(call.id)
-            if known is not None and known.finished:
-                # Recorded by an earlier process: never run again.
-                results[call.id] = _record_from(known)
-                await core.call_hook("on_tool_finished", results[call.id])
-                return
-            try:
-                if known is not None and spec is not None and not spec.idempotent:
-                    raise ToolError("interrupted", interrupted_message(name))
-                if spec is None:
-                    raise ToolError(
-                        "unknown_tool",
-                        f"no tool named {name!r}; known tools: {sorted(self.tools)}",
-                    )
-                kwargs = spec.parse_arguments(arguments)
-                func = spec.bind(self.owner)
-                async with limiter:
-                    await core.call_hook("on_tool_started", _sdk_call(run, call.id))
-                    await ledger.call_started(run.id, call.id, round_no, name, arguments)
-                    started = starts[call.id] = time.monotonic()
-                    with anyio.fail_after(spec.timeout) if spec.timeout else _nothing():
-                        if spec.is_async:
-                            value = await func(**kwargs)
-                        else:
-                            in_threads.add(call.id)
-                            value = await anyio.to_thread.run_sync(
-                                lambda: func(**kwargs), abandon_on_cancel=True
-                            )
-                            in_threads.discard(call.id)
-                output = encode_output(value)
-                finished = time.monotonic()
-                try:
-                    await ledger.call_finished(
-                        run.id, call.id, round_no, name, arguments, output, None
-                    )
-                except LedgerError as exc:
-                    # The tool ran (its effect happened): what it returned is kept in the error.
-                    exc.call_id, exc.output = call.id, output
-                    raise
-                results[call.id] = ToolCallRecord(
-                    call.id, name, arguments, output, None, round_no, started, finished
-                )
-                await core.call_hook("on_tool_finished", results[call.id])
-            except (HookError, LedgerError):
-                raise
-            except ToolError as exc:
-                await self._tool_failed(
-                    run, call, exc.kind, exc.message, exc, round_no, started, results
-                )
-            except TimeoutError as exc:
-                timeout = spec.timeout if spec else None
-                if timeout is None:  # the tool's own TimeoutError, not its limit
-                    await self._tool_failed(
-                        run,
-                        call,
-                        "tool_raised",
-                        f"tool {name!r} raised TimeoutError: {exc}",
-                        exc,
-                        round_no,
-                        started,
-                        results,
-                    )
-                    return
-                abandoned = call.id in in_threads
-                await self._tool_failed(
-                    run,
-                    call,
-                    "timeout",
-                    f"tool {name!r} did not finish within {timeout} s"
-                    + (_ABANDONED if abandoned else ""),
-                    exc,
-                    round_no,
-                    started,
-                    results,
-                    abandoned=abandoned,
-                )
-            except Exception as exc:
-                await self._tool_failed(
-                    run,
-                    call,
-                    "tool_raised",
-                    f"tool {name!r} raised {type(exc).__name__}: {exc}",
-                    exc,
-                    round_no,
-                    started,
-                    results,
-                )
-
-        # The limit binds only when the round has more calls than it allows.
-        limiter = self.limiter if len(calls) > self.options.tool_concurrency else _NO_LIMIT
-        with anyio.CancelScope(deadline=deadline) as self.round_scope:
-            if len(calls) == 1:
-                await one(calls[0])
-            else:
-                async with anyio.create_task_group() as tg:
-                    for call in calls:
-                        tg.start_soon(one, call)
-        self.round_scope = None
-        if self.round_failed is not None:
-            raise self.round_failed
-        if self.failing is not None:
-            record, cause = self.failing
-            self.records.extend(r for r in results.values() if r is not record)
-            self.records.append(record)
-            await self._abort(
-                ToolFailed,
-                f"on_tool_error failed the run because of tool call {record.id} "
-                f"({record.name}): {record.error}",
-                cause,
-            )
-        now = time.monotonic()
-        for call in calls:
-            if call.id not in results:
-                abandoned = call.id in in_threads
-                message = (
-                    f"tool {call.name!r} was still running {self.options.deadline_margin}"
-                    " s before the run's expires_at and was "
-                    + ("cut" + _ABANDONED if abandoned else "stopped")
-                    + " so the run does not expire"
-                )
-                record = ToolCallRecord(
-                    call.id,
-                    call.name,
-                    call.arguments,
-                    error_output("deadline", message, call.name),
-                    message,
-                    round_no,
-                    starts.get(call.id),
-                    now,
-                    abandoned=abandoned,
-                )
-                results[call.id] = record
-                await self._finished(run, record)
-                await self._maybe_fail_run(record, TimeoutError(message))
-        ordered = [results[c.id] for c in calls]
-        self.records.extend(ordered)
-        return {r.id: r.output for r in ordered}
-
-    async def _tool_failed(
-        self,
-        run: Run,
-        call: RequiredCall,
-        kind: str,
-        message: str,
-        exc: BaseException,
-        round_no: int,
-        started: float | None,
-        results: dict[str, ToolCallRecord],
-        *,
-        abandoned: bool = False,
-    ) -> None:
-        record = ToolCallRecord(
-            call.id,
-            call.name,
-            call.arguments,
-            error_output(kind, message, call.name),
-            message,
-            round_no,
-            started,
-            time.monotonic(),
-            abandoned=abandoned,
-        )
-        results[call.id] = record
-        await self._finished(run, record)
-        await self._maybe_fail_run(record, exc)
-
-    async def _finished(self, run: Run, record: ToolCallRecord) -> None:
-        await self.ledger.call_finished(
-            run.id,
-            record.id,
-            record.round,
-            record.name,
-            record.arguments,
-            record.output,
-            record.error,
-        )
-        await self.core.call_hook("on_tool_finished", record)
-
-    async def _maybe_fail_run(self, record: ToolCallRecord, exc: BaseException) -> None:
-        if self.on_tool_error is None:
-            return
-        try:
-            decision: Any = self.on_tool_error(record, exc)
-            if inspect.isawaitable(decision):
-                decision = await decision
-        except Exception as error:
-            core = self.core
-            raise HookError("on_tool_error", core.state, core.run_id, error) from error
-        if decision and self.failing is None:
-            # Raised after the round's task group, not inside it (no exception groups).
-            self.failing = (record, exc)
-            if self.round_scope is not None:
-                self.round_scope.cancel()
 
     def _round_deadline(self, run: Run) -> float:
         """When this round's outputs must be submitted, on the local monotonic clock.
@@ -732,7 +891,7 @@ class Driver:
         self.core.replace_messages(await self.backend.messages(self._ref()))
 
     # ----------------------------------------------------------------------------------------
-    # Ending: results, aborts, cancellation
+    # Ending: results, cancellation
     # ----------------------------------------------------------------------------------------
 
     def result(self) -> RunResult:
@@ -750,66 +909,6 @@ class Driver:
             usage=run.usage if run is not None else None,
             error=self.error,
         )
-
-    async def _abort(
-        self, kind: type[RunAborted], message: str, cause: BaseException | None = None
-    ) -> None:
-        self.error = message
-        await self._cancel_server_run()
-        raise kind(message, self.result()) from cause
-
-    async def _guarded(self, work: Awaitable[None]) -> RunResult:
-        """Run ``work``; whatever ends it early, cancel the server run before propagating. The
-        ledger gets the run's last status either way."""
-        try:
-            await work
-        except RunAborted as exc:
-            if exc.result is None:
-                # Not through ``_abort`` (a DuplicateSubmission the core refused): the server
-                # run has not been cancelled yet.
-                with anyio.CancelScope(shield=True):
-                    await self._cleanup(exc)
-                exc.result = self.result()
-            else:
-                with anyio.CancelScope(shield=True):
-                    await self._bounded_record_status()
-            raise
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await self._cleanup(exc)
-            if self.orphan is not None:
-                _add_note(
-                    exc,
-                    f"runmachine: the run this request created ({self.orphan}) was never "
-                    f"answered for; it was found on its thread and cancelled (now "
-                    f"{self.core.state})",
-                )
-            raise
-        await self._record_status()
-        return self.result()
-
-    async def _cleanup(self, error: BaseException) -> None:
-        """Cancel the server run and record its last status, without ever masking ``error``:
-        a failure of the cleanup itself becomes a note on it."""
-        try:
-            await self._cancel_server_run()
-        except Exception as exc:
-            _add_note(
-                error,
-                f"runmachine: cancelling the server run failed too ({type(exc).__name__}: {exc})",
-            )
-        await self._bounded_record_status()
-
-    async def _bounded_record_status(self) -> None:
-        """The ledger's last word on the run, bounded by ``cancel_timeout``; its own failure must
-        not mask the run's."""
-        with anyio.move_on_after(self.options.cancel_timeout), suppress(Exception):
-            await self._record_status()
-
-    async def _record_status(self) -> None:
-        core = self.core
-        if core.run_id is not None and core.thread_id is not None:
-            await self.ledger.record_run(core.run_id, core.thread_id, core.state, self.machine_name)
 
     async def _cancel_server_run(self) -> None:
         """Cancel the server run and wait for the cancel to land, all within ``cancel_timeout``
@@ -873,22 +972,6 @@ class Driver:
                 self.orphan = found.id
                 return found
         return None
-
-    async def _retrying(self, request: Callable[[], Awaitable[T]]) -> T | None:
-        """``request()``, tried again while it fails transiently (inside the caller's bound);
-        ``None`` when the server refuses it (the run has already ended, say)."""
-        delay = 0.1
-        while True:
-            try:
-                return await request()
-            except Exception as exc:
-                if is_refusal(exc) or (is_server_answer(exc) and not is_transient(exc)):
-                    return None
-                if not is_transient(exc):
-                    raise
-                wait = retry_after(exc)
-            await anyio.sleep(wait if wait is not None else delay)
-            delay = min(delay * 2, 2.0)
 
 
 class _Checked:

@@ -117,14 +117,18 @@ class _Hook:
 
 @cache
 def engine_for(
-    rows: tuple[TransitionSpec, ...], state_hooks: frozenset[str], name: str = "RunMachine"
+    rows: tuple[TransitionSpec, ...],
+    state_hooks: frozenset[str],
+    name: str = "RunMachine",
+    states: tuple[str, ...] = STATES,
 ) -> Engine:
     """The engine of one table and one set of state hooks (``on_enter_<state>`` and
-    ``on_exit_<state>`` names), built once and shared."""
-    states = _states(rows)
+    ``on_exit_<state>`` names), built once and shared. ``states``: the table's own states, in
+    order (an Assistants run's by default); states the rows add come after them."""
+    all_states = _states(rows, states)
     engine = Engine(
         model=None,
-        states=states,
+        states=all_states,
         initial=INITIAL_STATE,
         auto_transitions=False,
         send_event=True,
@@ -140,7 +144,7 @@ def engine_for(
             conditions=[_Guard(g) for g in row.guards] or None,
         )
     engine.rows = rows
-    for state_name in states:
+    for state_name in all_states:
         state = engine.get_state(state_name)
         for edge in ("enter", "exit"):
             hook = f"on_{edge}_{state_name}"
@@ -149,8 +153,8 @@ def engine_for(
     return engine
 
 
-def _states(rows: Iterable[TransitionSpec]) -> list[str]:
-    states = list(STATES)
+def _states(rows: Iterable[TransitionSpec], base: tuple[str, ...]) -> list[str]:
+    states = list(base)
     for row in rows:
         for name in (row.source, row.dest):
             if name not in states:

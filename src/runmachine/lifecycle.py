@@ -42,11 +42,41 @@ __all__ = [
     "NOT_ACCEPTED",
     "NOT_PROOF_OF_ACCEPTANCE",
     "SERVER_EVENT_TRANSITIONS",
+    "SESSION_BUDGET_REACHED",
+    "SESSION_CREATED",
+    "SESSION_FAILED",
+    "SESSION_IDLE",
+    "SESSION_IN_PROGRESS",
+    "SESSION_LIFECYCLE_EVENTS",
+    "SESSION_REQUIRES_ACTION",
     "STATES",
     "STREAM_MAY_END",
     "SUBMIT",
     "TERMINAL_STATES",
     "TRANSITIONS",
+    "TURN_ACTIVE_STATES",
+    "TURN_ADOPTABLE_STATES",
+    "TURN_CANCELLED",
+    "TURN_COMPLETED",
+    "TURN_CONTENT_EVENTS",
+    "TURN_CONTENT_PART_ADDED",
+    "TURN_CONTENT_PART_DONE",
+    "TURN_CREATED",
+    "TURN_EVENTS",
+    "TURN_FAILED",
+    "TURN_IN_PROGRESS",
+    "TURN_ITEM_ADDED",
+    "TURN_ITEM_DONE",
+    "TURN_LATE_WHILE_CANCELLING",
+    "TURN_LIFECYCLE_EVENTS",
+    "TURN_SERVER_EVENT_TRANSITIONS",
+    "TURN_STATES",
+    "TURN_STATUS_STATE",
+    "TURN_STREAM_MAY_END",
+    "TURN_TERMINAL_STATES",
+    "TURN_TEXT_DELTA",
+    "TURN_TEXT_DONE",
+    "TURN_TRANSITIONS",
     "EventKind",
     "Guard",
     "GuardContext",
@@ -54,11 +84,16 @@ __all__ = [
     "State",
     "TerminalState",
     "TransitionSpec",
+    "TurnState",
+    "TurnStatus",
+    "TurnTerminalState",
     "accepts_content",
     "classify",
+    "classify_turn_event",
     "find_row",
     "outputs_match_required_calls",
     "path_to_status",
+    "requires_a_new_round",
     "round_not_submitted_before",
     "rows_from",
     "run_still_requires_the_same_round",
@@ -247,6 +282,12 @@ def run_still_requires_the_same_round(context: GuardContext) -> bool:
     return context.status == REQUIRES_ACTION and context.required in context.submitted
 
 
+def requires_a_new_round(context: GuardContext) -> bool:
+    """The turn asks for required actions that were not handed over before (a new round, not
+    the round being answered, listed again)."""
+    return bool(context.required) and context.required not in context.submitted
+
+
 @attrs.frozen
 class Guard:
     """A named condition on a transition. ``error`` names the exception raised when it fails
@@ -289,6 +330,12 @@ GUARDS: Final[Mapping[str, Guard]] = {
         "runs.retrieve shows the run in requires_action for the very calls just submitted",
         "ProtocolViolation",
         run_still_requires_the_same_round,
+    ),
+    "requires_a_new_round": Guard(
+        "requires_a_new_round",
+        "the session requires actions of this turn that were never answered before",
+        "ProtocolViolation",
+        requires_a_new_round,
     ),
     **{
         f"run_status_is_{state}": Guard(
@@ -443,12 +490,17 @@ def targets(state: str) -> dict[str, str]:
     return {row.trigger: row.dest for row in TRANSITIONS if row.source == state}
 
 
-def path_to_status(state: str, status: str) -> list[str]:
+def path_to_status(
+    state: str,
+    status: str,
+    transitions: Mapping[str, Mapping[str, str]] = SERVER_EVENT_TRANSITIONS,
+) -> list[str]:
     """The shortest chain of server lifecycle events that takes a run from ``state`` to ``status``.
 
     Polling sees statuses, not events: a run polled in ``queued`` and next in ``completed`` must
     have been ``in_progress`` in between. This finds the events such a jump implies, from the table
-    itself. Returns ``[]`` when already there; raises ``ValueError`` when the table has no path.
+    itself (``transitions``: the Assistants table by default, ``TURN_SERVER_EVENT_TRANSITIONS``
+    for a turn). Returns ``[]`` when already there; raises ``ValueError`` when there is no path.
     """
     if state == status:
         return []
@@ -456,7 +508,7 @@ def path_to_status(state: str, status: str) -> list[str]:
     queue: deque[tuple[str, list[str]]] = deque([(state, [])])
     while queue:
         current, path = queue.popleft()
-        for event, dest in SERVER_EVENT_TRANSITIONS.get(current, {}).items():
+        for event, dest in transitions.get(current, {}).items():
             if dest in seen:
                 continue
             if dest == status:
@@ -476,3 +528,208 @@ def find_row(
 ) -> list[TransitionSpec]:
     """The rows of ``rows`` for ``trigger`` from ``source``, in table order."""
     return [row for row in rows if row.trigger == trigger and row.source == source]
+
+
+# ============================================================================================
+# The turn table: an agent-session turn (``client.beta.agents.sessions``)
+# ============================================================================================
+#
+# A session holds turns; one root turn runs at a time. A turn pauses while the session
+# ``requires_action`` (function calls to answer, approvals to give), and goes on once every
+# required action of the turn has its answer (one input event each, on the session's single
+# long-lived event stream). It has no ``expires_at``, no ``cancelling`` status (a cancel is an
+# input event; the turn then ends ``cancelled``) and no ``incomplete`` end. The machine's states
+# are the Assistants ones where the meaning is the same: ``waiting`` is ``requires_action``, and
+# ``cancelling`` and ``submitting`` are the machine's own (a cancel sent, answers handed over).
+
+#: A turn's status as the server reports it (the SDK's ``Turn.status``).
+TurnStatus: TypeAlias = Literal[
+    "queued", "in_progress", "waiting", "completed", "failed", "cancelled"
+]
+#: A state of a turn's machine.
+TurnState: TypeAlias = Literal[
+    "pending",
+    "queued",
+    "in_progress",
+    "requires_action",
+    "submitting",
+    "cancelling",
+    "completed",
+    "failed",
+    "cancelled",
+]
+#: The states a turn ends in.
+TurnTerminalState: TypeAlias = Literal["completed", "failed", "cancelled"]
+
+TURN_STATES: Final[tuple[str, ...]] = get_args(TurnState)
+TURN_TERMINAL_STATES: Final[frozenset[str]] = frozenset(get_args(TurnTerminalState))
+TURN_ACTIVE_STATES: Final[tuple[str, ...]] = ACTIVE_STATES
+#: A turn's status, as a state of its machine.
+TURN_STATUS_STATE: Final[Mapping[str, str]] = {
+    "queued": QUEUED,
+    "in_progress": IN_PROGRESS,
+    "waiting": REQUIRES_ACTION,
+    "completed": COMPLETED,
+    "failed": FAILED,
+    "cancelled": CANCELLED,
+}
+#: States a turn found on the server may be adopted in.
+TURN_ADOPTABLE_STATES: Final[tuple[str, ...]] = tuple(dict.fromkeys(TURN_STATUS_STATE.values()))
+
+TURN_CREATED: Final = "agent.session.turn.created"
+TURN_IN_PROGRESS: Final = "agent.session.turn.in_progress"
+TURN_COMPLETED: Final = "agent.session.turn.completed"
+TURN_FAILED: Final = "agent.session.turn.failed"
+TURN_CANCELLED: Final = "agent.session.turn.cancelled"
+SESSION_IN_PROGRESS: Final = "agent.session.in_progress"
+SESSION_REQUIRES_ACTION: Final = "agent.session.requires_action"
+SESSION_FAILED: Final = "agent.session.failed"
+SESSION_CREATED: Final = "agent.session.created"
+SESSION_IDLE: Final = "agent.session.idle"
+#: Not in the SDK's event union; its own stream helper treats it as the end of the turn.
+SESSION_BUDGET_REACHED: Final = "agent.session.budget_reached"
+TURN_ITEM_ADDED: Final = "agent.session.turn.item.added"
+TURN_ITEM_DONE: Final = "agent.session.turn.item.done"
+TURN_CONTENT_PART_ADDED: Final = "agent.session.turn.content_part.added"
+TURN_CONTENT_PART_DONE: Final = "agent.session.turn.content_part.done"
+TURN_TEXT_DELTA: Final = "agent.session.turn.output_text.delta"
+TURN_TEXT_DONE: Final = "agent.session.turn.output_text.done"
+
+#: The turn's own events: they carry its ``turn_id`` (and the ``Turn``).
+TURN_EVENTS: Final[frozenset[str]] = frozenset(
+    {TURN_CREATED, TURN_IN_PROGRESS, TURN_COMPLETED, TURN_FAILED, TURN_CANCELLED}
+)
+#: Session events that move the active turn (they carry the session, not a turn id).
+SESSION_LIFECYCLE_EVENTS: Final[frozenset[str]] = frozenset(
+    {SESSION_IN_PROGRESS, SESSION_REQUIRES_ACTION, SESSION_FAILED}
+)
+TURN_LIFECYCLE_EVENTS: Final[frozenset[str]] = TURN_EVENTS | SESSION_LIFECYCLE_EVENTS
+#: Every other event the SDK declares: content, the session's own news, environments,
+#: subagents. They never move the turn.
+TURN_CONTENT_EVENTS: Final[frozenset[str]] = frozenset(
+    {
+        ERROR_EVENT,
+        SESSION_CREATED,
+        SESSION_IDLE,
+        TURN_ITEM_ADDED,
+        TURN_ITEM_DONE,
+        TURN_CONTENT_PART_ADDED,
+        TURN_CONTENT_PART_DONE,
+        TURN_TEXT_DELTA,
+        TURN_TEXT_DONE,
+        "agent.session.turn.reasoning_summary_part.added",
+        "agent.session.turn.reasoning_summary_part.done",
+        "agent.session.turn.reasoning_summary_text.delta",
+        "agent.session.turn.reasoning_summary_text.done",
+        "agent.output.command_execution_output.delta",
+        "agent.session.environment.pending",
+        "agent.session.environment.ready",
+        "agent.session.environment.connected",
+        "agent.session.environment.disconnected",
+        "agent.session.environment.suspended",
+        "agent.session.environment.expired",
+        "agent.session.environment.reset",
+        "agent.session.environment.failed",
+        "agent.session.subagent.created",
+        "agent.session.subagent.active",
+        "agent.session.subagent.closed",
+    }
+)
+#: Events that may come after the last requires_action of a cancelled turn, before the server
+#: acted on the cancel: tolerated as late in ``cancelling``.
+TURN_LATE_WHILE_CANCELLING: Final[frozenset[str]] = frozenset(
+    {TURN_IN_PROGRESS, SESSION_IN_PROGRESS, SESSION_REQUIRES_ACTION}
+)
+#: A turn's stream is the session's: it never ends on its own. These states are where reading
+#: it stops: the turn is over, or waits on the client.
+TURN_STREAM_MAY_END: Final[frozenset[str]] = TURN_TERMINAL_STATES | {REQUIRES_ACTION}
+
+_TURN_ENDS: Final[Mapping[str, str]] = {
+    TURN_COMPLETED: COMPLETED,
+    TURN_FAILED: FAILED,
+    TURN_CANCELLED: CANCELLED,
+    SESSION_FAILED: FAILED,
+}
+_TURN_FAILS: Final[Mapping[str, str]] = {
+    TURN_FAILED: FAILED,
+    TURN_CANCELLED: CANCELLED,
+    SESSION_FAILED: FAILED,
+}
+
+#: state -> {server event -> next state}, for a turn.
+TURN_SERVER_EVENT_TRANSITIONS: Final[Mapping[str, Mapping[str, str]]] = {
+    PENDING: {TURN_CREATED: QUEUED},
+    QUEUED: {
+        TURN_IN_PROGRESS: IN_PROGRESS,
+        SESSION_IN_PROGRESS: IN_PROGRESS,
+        SESSION_REQUIRES_ACTION: REQUIRES_ACTION,
+        **_TURN_ENDS,
+    },
+    IN_PROGRESS: {SESSION_REQUIRES_ACTION: REQUIRES_ACTION, **_TURN_ENDS},
+    # Waiting on the client: only the answers (``submit_tool_outputs``) move it on, or its end.
+    REQUIRES_ACTION: dict(_TURN_FAILS),
+    # Left by the server's next news of the turn after the answers.
+    SUBMITTING: {
+        TURN_IN_PROGRESS: IN_PROGRESS,
+        SESSION_IN_PROGRESS: IN_PROGRESS,
+        SESSION_REQUIRES_ACTION: REQUIRES_ACTION,
+        **_TURN_ENDS,
+    },
+    CANCELLING: dict(_TURN_ENDS),
+}
+
+
+def _build_turn_transitions() -> tuple[TransitionSpec, ...]:
+    rows: list[TransitionSpec] = []
+    for source, events in TURN_SERVER_EVENT_TRANSITIONS.items():
+        for event, dest in events.items():
+            guards: tuple[str, ...] = ()
+            if source == SUBMITTING and event == SESSION_REQUIRES_ACTION:
+                guards = ("requires_a_new_round",)
+            rows.append(TransitionSpec(event, source, dest, guards))
+    rows.append(
+        TransitionSpec(
+            SUBMIT,
+            REQUIRES_ACTION,
+            SUBMITTING,
+            ("outputs_match_required_calls", "round_not_submitted_before"),
+        )
+    )
+    rows.append(
+        TransitionSpec(
+            NOT_ACCEPTED, SUBMITTING, REQUIRES_ACTION, ("run_still_requires_the_same_round",)
+        )
+    )
+    rows.extend(TransitionSpec(CANCEL, source, CANCELLING) for source in TURN_ACTIVE_STATES)
+    rows.extend(
+        TransitionSpec(ADOPT, PENDING, state, (f"run_status_is_{state}",))
+        for state in TURN_ADOPTABLE_STATES
+    )
+    return tuple(rows)
+
+
+#: The turn's table, as data: the core of a turn builds its engine from these rows.
+TURN_TRANSITIONS: Final[tuple[TransitionSpec, ...]] = _build_turn_transitions()
+
+
+def classify_turn_event(state: str, event: str) -> EventKind:
+    """Say what an event *of this turn* means in ``state`` (as ``classify`` for a run).
+
+    Events of other turns (subagents) are the caller's to set aside first. A lifecycle event
+    that announces the state the turn is in is a ``"repeat"``; in ``cancelling`` the server's
+    news from before it acted on the cancel is ``"late"``.
+    """
+    if event in TURN_LIFECYCLE_EVENTS:
+        if state in TURN_TERMINAL_STATES:
+            return "violation"
+        if event in TURN_SERVER_EVENT_TRANSITIONS[state]:
+            return "transition"
+        if state == CANCELLING and event in TURN_LATE_WHILE_CANCELLING:
+            return "late"
+        announced = TURN_SERVER_EVENT_TRANSITIONS[QUEUED].get(event)
+        if announced == state or (event == TURN_CREATED and state != PENDING):
+            return "repeat"
+        return "violation"
+    if event in TURN_CONTENT_EVENTS:
+        return "content"
+    return "unknown"

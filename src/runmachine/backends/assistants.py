@@ -10,29 +10,20 @@ driver decides what to retry, after reading the run back.
 
 from __future__ import annotations
 
-import email.utils
 import secrets
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
 import attrs
-import httpx2
 import openai
 from openai.types.beta.threads import Message, Run
 
-from runmachine.backends.base import (
-    EventSource,
-    RequiredCall,
-    RunRef,
-    ServerTime,
-    StreamLost,
-    SubmitMode,
-)
-from runmachine.backends.sse import SSEParser, StreamError, build_event
+from runmachine.backends.base import EventSource, RequiredCall, RunRef, ServerTime, SubmitMode
+from runmachine.backends.http import ServerClock, sse_source
+from runmachine.backends.sse import build_event
 from runmachine.deprecation import quiet_deprecation
 
 __all__ = ["REQUEST_KEY", "AssistantsBackend", "CreateRun", "CreateThreadAndRun"]
@@ -98,21 +89,10 @@ class AssistantsBackend:
     def __init__(self, client: openai.AsyncOpenAI) -> None:
         self.client = client
         self._no_retry = _no_retry_client(client)
-        self._server_time: ServerTime | None = None
+        self._clock = ServerClock()
 
     def server_time(self) -> ServerTime | None:
-        return self._server_time
-
-    def _saw(self, headers: Any) -> None:
-        """Note the server's ``Date`` header (whole seconds of its clock)."""
-        value = headers.get("date") if headers is not None else None
-        if not value:
-            return
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return  # a Date header that is not one: nothing learnt
-        self._server_time = ServerTime(seconds, anyio.current_time())
+        return self._clock.reading
 
     def submit_mode(self, streaming: bool) -> SubmitMode:
         return "new_stream" if streaming else "acknowledge"
@@ -143,7 +123,7 @@ class AssistantsBackend:
                         assistant_id=request.assistant_id, stream=True, **request.params
                     )
 
-        return _events(opener, self._saw)
+        return sse_source(opener, self._clock, build_event)
 
     async def create_run(self, request: CreateRun | CreateThreadAndRun) -> Run:
         with quiet_deprecation():
@@ -178,7 +158,7 @@ class AssistantsBackend:
         # Unmarked (the caller's metadata was full): the newest run, if it is recent enough on
         # the server's clock (second-resolution timestamps: within the request's second).
         newest = page.data[0] if page.data else None
-        server = self._server_time
+        server = self._clock.reading
         if server is None or newest is None:
             return None  # no reading of the server's clock: this machine's cannot decide
         at_request = server.seconds + (anyio.current_time() - server.local) - (time.time() - since)
@@ -214,7 +194,7 @@ class AssistantsBackend:
                     stream=True,
                 )
 
-        return _events(opener, self._saw)
+        return sse_source(opener, self._clock, build_event)
 
     async def submit(self, ref: RunRef, outputs: Mapping[str, str]) -> Run:
         with quiet_deprecation():
@@ -231,7 +211,7 @@ class AssistantsBackend:
         with quiet_deprecation():
             pending = runs.with_raw_response.retrieve(run_id=ref.run_id, thread_id=ref.scope_id)
         raw = await pending
-        self._saw(raw.headers)
+        self._clock.saw(raw.headers)
         poll_after = raw.headers.get("openai-poll-after-ms")
         return raw.parse(), (float(poll_after) / 1000 if poll_after else None)
 
@@ -253,41 +233,3 @@ class AssistantsBackend:
 
 def _tool_outputs(outputs: Mapping[str, str]) -> list[dict[str, str]]:
     return [{"tool_call_id": cid, "output": out} for cid, out in outputs.items()]
-
-
-_LOST = (StreamError, openai.APIConnectionError, httpx2.TransportError)
-
-
-@asynccontextmanager
-async def _events(
-    opener: Callable[[], Any], saw: Callable[[Any], None]
-) -> AsyncIterator[AsyncIterator[Any]]:
-    """One SSE response as an ``EventSource``: entered once the server answered 2xx."""
-    try:
-        async with opener() as response:
-            saw(response.http_response.headers)
-            events = _decode(response)
-            try:
-                yield events
-            finally:
-                await events.aclose()
-    except openai.APIStatusError:
-        raise
-    except _LOST as exc:
-        raise StreamLost(f"{type(exc).__name__}: {exc}") from exc
-
-
-async def _decode(response: Any) -> AsyncGenerator[Any, None]:
-    parser = SSEParser()
-    try:
-        async for chunk in response.http_response.aiter_bytes():
-            for name, data in parser.feed(chunk):
-                event = build_event(name, data)
-                if event is not None:  # [DONE]: keep reading so the connection can be reused
-                    yield event
-        for name, data in parser.close():
-            event = build_event(name, data)
-            if event is not None:
-                yield event
-    except _LOST as exc:
-        raise StreamLost(f"{type(exc).__name__}: {exc}") from exc

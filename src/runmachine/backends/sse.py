@@ -20,13 +20,23 @@ import json
 import typing
 from typing import Any
 
+import openai
 from openai.types.beta import AssistantStreamEvent
 from openai.types.beta import assistant_stream_event as ase
+from openai.types.beta.agent_session_event import AgentSessionEvent
 from pydantic import ValidationError
 
 from runmachine import lifecycle
 
-__all__ = ["DONE", "EVENT_TYPES", "SSEParser", "StreamError", "build_event"]
+__all__ = [
+    "DONE",
+    "EVENT_TYPES",
+    "SESSION_EVENT_TYPES",
+    "SSEParser",
+    "StreamError",
+    "build_event",
+    "build_session_event",
+]
 
 DONE = "[DONE]"
 
@@ -46,6 +56,25 @@ if set(EVENT_TYPES) != lifecycle.LIFECYCLE_EVENTS | lifecycle.CONTENT_EVENTS:  #
     raise ImportError(
         "the openai SDK's stream events differ from runmachine's lifecycle table: "
         f"{sorted(set(EVENT_TYPES) ^ (lifecycle.LIFECYCLE_EVENTS | lifecycle.CONTENT_EVENTS))}"
+    )
+
+
+def _session_event_types() -> dict[str, Any]:
+    """Each agent-session event class by the ``type`` its payload declares."""
+    union = typing.get_args(AgentSessionEvent)[0]
+    found: dict[str, Any] = {}
+    for cls in typing.get_args(union):
+        (name,) = typing.get_args(cls.model_fields["type"].annotation)
+        found[name] = cls
+    return found
+
+
+SESSION_EVENT_TYPES: dict[str, Any] = _session_event_types()
+_TURN_EVENTS = lifecycle.TURN_LIFECYCLE_EVENTS | lifecycle.TURN_CONTENT_EVENTS
+if set(SESSION_EVENT_TYPES) != _TURN_EVENTS:  # pragma: no cover
+    raise ImportError(
+        "the openai SDK's agent-session events differ from runmachine's turn table: "
+        f"{sorted(set(SESSION_EVENT_TYPES) ^ _TURN_EVENTS)}"
     )
 
 _PREFIXES: dict[str, str] = {
@@ -188,3 +217,30 @@ def build_event(name: str | None, data: str) -> Any:
             event=name,
         )
     return cls.construct(event=name, data=payload)
+
+
+def build_session_event(data: str) -> Any:
+    """The SDK event for one frame of an agent-session stream (its ``type`` is in the data).
+
+    Returns ``None`` for ``[DONE]``. Built strictly when the payload allows, else as the SDK
+    builds it (non-validating ``construct``); a ``type`` this SDK does not declare
+    (``agent.session.budget_reached``) is passed along as a plain SDK model. ``error`` events
+    are values here, as the SDK yields them. Raises ``StreamError`` for data that is not JSON
+    or not an object with a ``type``.
+    """
+    if data.startswith(DONE):
+        return None
+    try:
+        payload = json.loads(data)
+    except ValueError as exc:
+        raise StreamError(f"a session event carried data that is not JSON: {data[:80]!r}") from exc
+    name = payload.get("type") if isinstance(payload, dict) else None
+    if not isinstance(name, str):
+        raise StreamError(f"a session event carried no type: {data[:80]!r}", event=None)
+    cls = SESSION_EVENT_TYPES.get(name)
+    if cls is None:
+        return openai.BaseModel.construct(**payload)
+    try:
+        return cls.model_validate(payload)
+    except ValidationError:
+        return cls.construct(**payload)
