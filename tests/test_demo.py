@@ -1,5 +1,6 @@
 """``runmachine demo`` in a subprocess: the conversation, each ``--scenario``, the rich output, a
-real ``--base-url``, and the readable failures with their exit codes."""
+real ``--base-url``, the readable failures with their exit codes, and ``--backend sessions`` (with
+``runmachine diagram --backend sessions``)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from runmachine.cli import main
 from runmachine.demo import EXIT_NOT_COMPLETED, EXIT_OK, EXIT_SERVER, EXIT_USAGE
+from runmachine.diagrams import draw_lifecycle
 from runmachine.testing import Emulator
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 _RUN_LINE = re.compile(r"^run (run_\w+): (\w+), (\d+) rounds?, (\d+) tool calls?, ", re.M)
+_TURN_LINE = re.compile(
+    r"^turn (turn_\w+): (\w+), (\d+) rounds?, (\d+) tool calls?, (\d+) approvals?, ", re.M
+)
 
 
 def demo(*args: str) -> subprocess.CompletedProcess[str]:
@@ -169,6 +175,14 @@ def test_unreachable_base_url_is_a_readable_failure() -> None:
     [
         (["--scenario", "loop", "--base-url", "http://127.0.0.1:1/v1"], "--scenario makes"),
         (["--diagram", "trace.txt"], "--diagram FILE must end in"),
+        (["--backend", "sessions", "--scenario", "loop"], "it cannot be used with --backend"),
+        (
+            ["--backend", "sessions", "--base-url", "http://127.0.0.1:1/v1"],
+            "--backend sessions runs on the embedded emulator only",
+        ),
+        (["--backend", "sessions", "--assistant-id", "asst_1"], "--assistant-id is for"),
+        (["--backend", "sessions", "--diagram", "trace.txt"], "--diagram FILE must end in"),
+        (["--backend", "threads"], "invalid choice: 'threads'"),
     ],
 )
 def test_bad_options_exit_2(args: list[str], message: str) -> None:
@@ -216,3 +230,140 @@ def test_10_a_missing_extra_is_one_line_that_names_it(
     assert says in done.stderr
     assert "pip install 'runmachine[cli]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# --backend sessions: agent-session turns, with an approval
+# --------------------------------------------------------------------------------------------
+
+
+def test_sessions_demo_shows_rounds_parallel_calls_an_approval_and_the_turn_trace(
+    tmp_path: Path,
+) -> None:
+    diagram = tmp_path / "turn.mmd"
+    done = demo("--backend", "sessions", "--output", "plain", "--diagram", str(diagram))
+    assert done.returncode == EXIT_OK, done.stderr
+    out = done.stdout
+    assert "the embedded emulator serves the agent-sessions API at http://127.0.0.1:" in out
+    # Two turns on one session: create_session with the first, then a turn on it.
+    named = re.findall(r"^session (sess_\w+), turn (turn_\w+)$", out, re.M)
+    assert len(named) == 2 and named[0][0] == named[1][0]
+    turns = _TURN_LINE.findall(out)
+    assert [t[0] for t in turns] == [turn for _, turn in named]
+    assert [
+        (status, rounds, calls, approvals) for _, status, rounds, calls, approvals in turns
+    ] == [
+        ("completed", "2", "3", "0"),
+        ("completed", "2", "2", "1"),
+    ]
+    first, second = out.split("user: and for Oslo?")
+    # The first turn: two parallel calls in round 1 (one required action lists both), then a
+    # third in round 2, then the streamed answer; every transition as it happens, in order.
+    round_1 = first[: first.index("[requires_action -> submitting]")]
+    assert 'round 1: tool call get_current_temperature({"location": "Paris"}) ...' in round_1
+    assert 'round 1: tool call get_rain_probability({"location": "Paris"}) ...' in round_1
+    assert 'round 2: tool call slow_forecast({"location": "Paris"}) ...' in first
+    assert "get_current_temperature -> '18 degrees C in Paris' (" in first
+    assert "slow_forecast -> 'dry all week in Paris' (" in first
+    assert re.findall(r"\[(\w+) -> (\w+)\]  \(([\w.]+)\)", first) == [
+        ("pending", "queued", "agent.session.turn.created"),
+        ("queued", "in_progress", "agent.session.in_progress"),
+        ("in_progress", "requires_action", "agent.session.requires_action"),
+        ("requires_action", "submitting", "submit_tool_outputs"),
+        ("submitting", "in_progress", "agent.session.in_progress"),
+        ("in_progress", "requires_action", "agent.session.requires_action"),
+        ("requires_action", "submitting", "submit_tool_outputs"),
+        ("submitting", "in_progress", "agent.session.in_progress"),
+        ("in_progress", "completed", "agent.session.turn.completed"),
+    ]
+    assert (
+        'assistant: get_current_temperature returned "18 degrees C in Paris". '
+        'get_rain_probability returned "0.2". slow_forecast returned "dry all week in Paris".'
+    ) in first
+    # The second turn: an MCP approval request, answered by on_approval_request as it comes,
+    # before the round is answered; then two parallel calls.
+    request = 'round 1: approval request weather-archive: past_weather({"location": "Oslo"}) ...'
+    decided = "on_approval_request -> approve (weather-archive is a known MCP server)"
+    answered = second.index("[requires_action -> submitting]")
+    assert second.index(request) < second.index(decided) < answered
+    assert 'round 2: tool call get_current_temperature({"location": "Oslo"}) ...' in second
+    assert 'round 2: tool call get_rain_probability({"location": "Oslo"}) ...' in second
+    assert (
+        'assistant: past_weather returned "past_weather ran on weather-archive.". '
+        'get_current_temperature returned "18 degrees C in Oslo". '
+        'get_rain_probability returned "0.2".'
+    ) in second
+    # What the server saw: the approval applied as decided, each result applied once.
+    assert re.search(
+        r"the emulator saw: turn completed, 1 tool round, 2 tool results applied "
+        r"\(2 POSTs, 0 replayed\), 1 approval \(apr_\w+: approve\), 0 cancel inputs",
+        second,
+    ), second
+    # The last turn's trace on the turn table, and its diagram.
+    assert f"trace of turn {turns[1][0]} on the lifecycle table:" in second
+    assert re.search(r"in_progress -> requires_action +agent\.session\.requires_action +x2", out)
+    assert "ended in completed; never visited: cancelling, failed, cancelled" in second
+    assert f"trace diagram (mermaid) written to {diagram}" in out
+    text = diagram.read_text()
+    assert "stateDiagram-v2" in text
+    assert "in_progress --> requires_action : agent.session.requires_action ×2" in text
+    assert "in_progress --> completed : agent.session.turn.completed ×1" in text
+    assert "thread.run." not in text
+
+
+def test_sessions_demo_in_rich_output() -> None:
+    done = demo("--backend", "sessions", "--output", "rich")
+    assert done.returncode == EXIT_OK, done.stderr
+    out = _ANSI.sub("", done.stdout)
+    shown = [
+        'round 1 approval weather-archive: past_weather({"location": "Oslo"})',
+        "✓ approve (weather-archive is a known MCP server) on_approval_request",
+        "in_progress → requires_action  agent.session.requires_action",
+        "requires_action → submitting  submit_tool_outputs",
+        'get_rain_probability({"location": "Oslo"}) ✓ \'0.2\'',
+    ]
+    assert [line for line in shown if line not in out] == []
+    assert re.search(r"in_progress\s*│\s*completed\s*│\s*agent\.session\.turn\.completed", out)
+    assert len(_TURN_LINE.findall(out)) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# runmachine diagram --backend
+# --------------------------------------------------------------------------------------------
+
+
+def test_diagram_backend_sessions_draws_the_turn_lifecycle(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["diagram", "--backend", "sessions"]) == 0
+    drawn = capsys.readouterr().out
+    assert drawn == draw_lifecycle(format="mermaid", backend="sessions")
+    assert "agent.session.turn.created" in drawn and "thread.run." not in drawn
+    # The default is unchanged: an Assistants run's table.
+    assert main(["diagram", "--backend", "assistants"]) == 0
+    assert capsys.readouterr().out == draw_lifecycle(format="mermaid")
+
+
+def test_diagram_backend_sessions_of_a_class_writes_its_hooks_on_the_turn_states(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "turn_machines.py").write_text(
+        "from runmachine import RunMachine\n\n"
+        "class Reviewer(RunMachine):\n"
+        "    def on_enter_requires_action(self, turn):\n"
+        "        pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "reviewer.dot"
+    args = ["diagram", "turn_machines:Reviewer", "--backend", "sessions", "--format", "dot"]
+    assert main([*args, "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "on_enter_requires_action" in text
+    assert "agent.session.requires_action" in text and "thread.run." not in text
+
+
+def test_diagram_backend_must_be_one_of_the_two(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["diagram", "--backend", "threads"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'threads'" in capsys.readouterr().err

@@ -124,3 +124,36 @@ def test_the_public_api_listing_matches_all() -> None:
     listed = re.findall(r"`([A-Za-z_]+)`", block)
     assert sorted(listed) == sorted(runmachine.__all__)
     assert len(listed) == len(set(listed))
+
+
+def sessions_code() -> str:
+    text = section("Agent sessions: the same machine drives turns")
+    start, end = "<!-- sessions:start -->\n", "<!-- sessions:end -->"
+    marked = text[text.index(start) + len(start) : text.index(end)]
+    match = re.fullmatch(r"```python\n(.*)```\n", marked, re.S)
+    assert match is not None, "the sessions markers must hold one ```python block"
+    return match.group(1)
+
+
+def test_the_sessions_example_runs_as_written(tmp_path: Path) -> None:
+    script = tmp_path / "sessions.py"
+    script.write_text(sessions_code(), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == 'completed 1 get_weather returned "sunny in Oslo".\ncompleted Found.\n'
+    assert done.stderr == ""
+
+
+def test_the_sessions_example_passes_mypy_strict(tmp_path: Path) -> None:
+    script = tmp_path / "sessions.py"
+    script.write_text(sessions_code(), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

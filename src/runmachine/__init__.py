@@ -1,7 +1,8 @@
-"""runmachine: the OpenAI Assistants run lifecycle as an explicit, tested state machine.
+"""runmachine: the run lifecycle of OpenAI's server-side agents (Assistants runs, agent-session
+turns) as an explicit, tested state machine.
 
-The public names live here. ``runmachine.lifecycle`` holds the lifecycle table itself,
-``runmachine.errors`` every exception, and ``runmachine.testing`` the Assistants API emulator.
+The public names live here. ``runmachine.lifecycle`` holds the lifecycle tables themselves,
+``runmachine.errors`` every exception, and ``runmachine.testing`` the emulator of both APIs.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from runmachine.errors import (
     OptionError,
     ProtocolViolation,
     RequiresActionLoop,
+    ResultConflict,
     RunAborted,
     RunMachineError,
     ToolFailed,
     TooManyRounds,
+    TurnTimedOut,
 )
 from runmachine.ledger import Ledger, MemoryLedger
 from runmachine.machine import RunMachine
@@ -38,6 +41,7 @@ from runmachine.records import ToleratedEvent, ToolCallRecord, TransitionRecord
 from runmachine.result import RunResult
 from runmachine.sqlite_ledger import SQLiteLedger
 from runmachine.tools import ToolSpec, tool
+from runmachine.turn_core import TurnCore
 
 __all__ = [
     "DriverOptions",
@@ -51,6 +55,7 @@ __all__ = [
     "OptionError",
     "ProtocolViolation",
     "RequiresActionLoop",
+    "ResultConflict",
     "RunAborted",
     "RunCore",
     "RunMachine",
@@ -64,6 +69,8 @@ __all__ = [
     "ToolFailed",
     "ToolSpec",
     "TransitionRecord",
+    "TurnCore",
+    "TurnTimedOut",
     "encode_event",
     "encoded",
     "lifecycle",

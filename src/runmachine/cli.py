@@ -90,7 +90,7 @@ def _cmd_diagram(args: argparse.Namespace) -> int:
             return 2
     assert args.format in FORMATS
     try:
-        drawing = draw_lifecycle(cls, format=args.format)
+        drawing = draw_lifecycle(cls, format=args.format, backend=args.backend)
     except GraphvizNotFound as exc:
         print(f"runmachine diagram: {exc}", file=sys.stderr)
         return 1
@@ -113,9 +113,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 _DEMO_EPILOG = """\
-exit status: 0 every run completed; 1 a run did not complete (a guard stopped it, or it ended
-failed, expired, cancelled or incomplete); 2 bad options; 3 the server could not be reached or
-refused a request; 130 interrupted.
+--backend sessions drives agent-session turns (client.beta.agents.sessions) on the embedded
+emulator: the same multi-round, parallel tool calls, and an MCP approval request answered by the
+machine's on_approval_request.
+
+exit status: 0 every run (or turn) completed; 1 a run or turn did not complete (a guard stopped
+it, or it ended failed, expired, cancelled or incomplete, or waits on an approval); 2 bad
+options; 3 the server could not be reached or refused a request; 130 interrupted.
 """
 
 
@@ -163,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     diagram = sub.add_parser(
         "diagram",
         help="draw the lifecycle of RunMachine or of a subclass (module:Class) from its table",
+        description="Draw the lifecycle of RunMachine or of a subclass (module:Class) from its "
+        "table: an Assistants run's (the default), or with --backend sessions an agent-session "
+        "turn's, with the hooks the class defines written on their states.",
     )
     diagram.add_argument(
         "target", nargs="?", default=None, metavar="module:Class", help="default: RunMachine"
@@ -172,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("mermaid", "dot", "svg", "png"),
         default="mermaid",
         help="svg and png need Graphviz's dot program",
+    )
+    diagram.add_argument(
+        "--backend",
+        choices=("assistants", "sessions"),
+        default="assistants",
+        help="whose table: an Assistants run's (default) or an agent-session turn's",
     )
     diagram.add_argument("-o", "--output", default=None, metavar="FILE", help="default: stdout")
     diagram.set_defaults(func=_cmd_diagram)

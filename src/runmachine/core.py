@@ -115,6 +115,10 @@ class CoreBase:
         """Take ``subject`` as the latest report of what is driven."""
         raise NotImplementedError
 
+    def text(self) -> str:
+        """All the assistant text seen so far."""
+        raise NotImplementedError
+
     def record_stream_error(self, error: object) -> None:
         """A stream ended abnormally (or carried an error event); kept for the result."""
         self.stream_errors.append(error)

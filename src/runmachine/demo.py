@@ -13,9 +13,16 @@ CI) it is plain text, one event per line.
 ``--api-version``) run the same conversation against a real OpenAI-compatible server;
 ``--scenario`` makes the emulator misbehave on purpose to show a guard at work.
 
-Exit codes: 0 every run completed; 1 a run did not complete (a guard stopped it, or it ended
-failed, expired, cancelled or incomplete); 2 bad command-line options; 3 the server could not be
-reached or refused a request; 130 interrupted.
+``--backend sessions`` drives agent-session turns (``client.beta.agents.sessions``) instead, on
+the embedded emulator: ``create_session`` with the same first turn (two parallel calls, then a
+third in a second round, then the streamed answer), and a second ``turn`` on that session in
+which the agent asks to use an MCP server first; the machine's ``on_approval_request`` answers
+it (it approves the one server it knows), and the narration shows the request and the decision
+as they happen, then the turn's trace on the turn lifecycle table.
+
+Exit codes: 0 every run (or turn) completed; 1 a run or turn did not complete (a guard stopped
+it, or it ended failed, expired, cancelled or incomplete, or waits on an approval); 2 bad
+command-line options; 3 the server could not be reached or refused a request; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -27,9 +34,9 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 import anyio
 import attrs
@@ -38,6 +45,7 @@ from runmachine import lifecycle
 from runmachine.deprecation import quiet_deprecation
 from runmachine.diagrams import require_graphviz
 from runmachine.errors import GraphvizNotFound, RunAborted
+from runmachine.lifecycle import Decision
 from runmachine.machine import RunMachine
 from runmachine.records import TransitionRecord
 from runmachine.tools import ToolError, ToolSpec, encode_output, tool
@@ -46,14 +54,16 @@ if TYPE_CHECKING:
     import openai
 
     from runmachine.result import RunResult
-    from runmachine.testing import Emulator, Scenario
+    from runmachine.testing import Emulator, Scenario, TurnScenario
 
 __all__ = [
+    "BACKENDS",
     "EXIT_INTERRUPTED",
     "EXIT_NOT_COMPLETED",
     "EXIT_OK",
     "EXIT_SERVER",
     "EXIT_USAGE",
+    "KNOWN_MCP_SERVERS",
     "SCENARIOS",
     "DemoMachine",
     "add_arguments",
@@ -68,11 +78,25 @@ EXIT_SERVER = 3
 EXIT_INTERRUPTED = 130
 
 SCENARIOS: tuple[str, ...] = ("dropped-stream", "loop", "slow-tool", "submit-5xx")
+#: What the demo drives: Assistants runs, or agent-session turns.
+BACKENDS: tuple[str, ...] = ("assistants", "sessions")
 
 TURNS = (
     "call get_current_temperature and get_rain_probability for Paris, then slow_forecast.",
     "and for Oslo? call get_current_temperature and get_rain_probability.",
 )
+
+#: The MCP server of the sessions demo's agent, the one its ``on_approval_request`` approves.
+ARCHIVE = "weather-archive"
+KNOWN_MCP_SERVERS: frozenset[str] = frozenset({ARCHIVE})
+SESSION_TURNS = (
+    TURNS[0],
+    f"and for Oslo? ask {ARCHIVE} for past_weather, then call get_current_temperature and "
+    "get_rain_probability.",
+)
+
+#: The events the server sends that move a run or a turn (any other trigger is the client's).
+_SERVER_EVENTS = lifecycle.LIFECYCLE_EVENTS | lifecycle.TURN_LIFECYCLE_EVENTS
 
 # The SDK warns on every Assistants call, at call time: silenced around each one.
 _sdk_call = quiet_deprecation
@@ -109,7 +133,9 @@ class Narrator(Protocol):
     def transition(self, record: TransitionRecord) -> None: ...
     def round_started(self, number: int, rows: list[ToolRow]) -> None: ...
     def tool_changed(self, row: ToolRow) -> None: ...
-    def round_done(self) -> None: ...
+    def approval_requested(self, number: int, text: str) -> None: ...
+    def approval_decided(self, decision: str, why: str) -> None: ...
+    def round_done(self, answers: str | None = None) -> None: ...
     def trace(self, result: RunResult) -> None: ...
     def summary(self, text: str, ok: bool) -> None: ...
     def failure(self, text: str) -> None: ...
@@ -137,11 +163,34 @@ def trace_rows(transitions: Sequence[TransitionRecord]) -> list[tuple[str, str, 
     return [(s, d, t, n) for (s, d, t), n in counts.items()]
 
 
+def _is_turn(result: RunResult) -> bool:
+    return result.session_id is not None
+
+
+def _subject(result: RunResult) -> str:
+    """``run run_...`` or ``turn turn_...``: what the result is of."""
+    return f"turn {result.turn_id}" if _is_turn(result) else f"run {result.run_id}"
+
+
 def _unvisited(result: RunResult) -> list[str]:
     seen: set[str] = {result.status}
     for step in result.transitions:
         seen.update((step.source, step.dest))
-    return [s for s in lifecycle.STATES if s not in seen]
+    states = lifecycle.TURN_STATES if _is_turn(result) else lifecycle.STATES
+    return [s for s in states if s not in seen]
+
+
+def _json_text(value: object) -> str:
+    """Arguments as JSON text (the sessions wire may give an object)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _approval_text(request: Any) -> str:
+    """One approval request, as the demo shows it."""
+    ask = request.request
+    if request.type == "mcp_approval_request":
+        return f"{ask.server_label}: {ask.name}({_json_text(ask.arguments)})"
+    return f"computer use: {ask.type} {getattr(ask, 'origin', '')}".rstrip()
 
 
 class PlainNarrator:
@@ -194,13 +243,21 @@ class PlainNarrator:
             mark = "->" if row.state == "done" else "!!"
             self._line(f"  {row.name} {mark} {_outcome_text(row)}")
 
-    def round_done(self) -> None:
-        self._line("  submitting every output of the round in one request")
+    def approval_requested(self, number: int, text: str) -> None:
+        self._line(f"  round {number}: approval request {text} ...")
+
+    def approval_decided(self, decision: str, why: str) -> None:
+        self._line(f"  on_approval_request -> {decision} ({why})")
+
+    def round_done(self, answers: str | None = None) -> None:
+        self._line(f"  {answers or 'submitting every output of the round in one request'}")
 
     def trace(self, result: RunResult) -> None:
-        self._line(f"\ntrace of run {result.run_id} on the lifecycle table:")
-        for source, dest, trigger, count in trace_rows(result.transitions):
-            self._line(f"  {source:>15} -> {dest:<16} {trigger:<28} x{count}")
+        self._line(f"\ntrace of {_subject(result)} on the lifecycle table:")
+        rows = trace_rows(result.transitions)
+        width = max([28, *(len(trigger) + 1 for _, _, trigger, _ in rows)])
+        for source, dest, trigger, count in rows:
+            self._line(f"  {source:>15} -> {dest:<16} {trigger:<{width}} x{count}")
         final = "stopped in" if result.error else "ended in"
         self._line(f"  {final} {result.status}; never visited: {', '.join(_unvisited(result))}")
 
@@ -298,7 +355,7 @@ class RichNarrator:
     def transition(self, record: TransitionRecord) -> None:
         from rich.text import Text
 
-        local = record.trigger not in lifecycle.LIFECYCLE_EVENTS
+        local = record.trigger not in _SERVER_EVENTS
         dest_style = "bold green" if record.dest == lifecycle.COMPLETED else "bold"
         if record.dest in lifecycle.TERMINAL_STATES - {lifecycle.COMPLETED}:
             dest_style = "bold red"
@@ -322,11 +379,30 @@ class RichNarrator:
     def tool_changed(self, row: ToolRow) -> None:
         """The live region re-renders on its own; nothing to print yet."""
 
-    def round_done(self) -> None:
+    def approval_requested(self, number: int, text: str) -> None:
+        from rich.text import Text
+
+        self._print(
+            Text.assemble((f"  round {number} ", "dim"), ("approval ", "bold"), (text, "cyan"))
+        )
+
+    def approval_decided(self, decision: str, why: str) -> None:
+        from rich.text import Text
+
+        mark, style = ("✓", "green") if decision == "approve" else ("✗", "red")
+        self._print(
+            Text.assemble(
+                "  ", (f"{mark} {decision}", style), f" ({why})", (" on_approval_request", "dim")
+            )
+        )
+
+    def round_done(self, answers: str | None = None) -> None:
         from rich.text import Text
 
         self._commit_rows()
-        self._print(Text("  every output of the round goes in one submission", style="dim"))
+        self._print(
+            Text(f"  {answers or 'every output of the round goes in one submission'}", style="dim")
+        )
 
     def _commit_rows(self) -> None:
         from rich.text import Text
@@ -348,7 +424,7 @@ class RichNarrator:
         from rich.table import Table
 
         table = Table(
-            title=f"trace of run {result.run_id} on the lifecycle table",
+            title=f"trace of {_subject(result)} on the lifecycle table",
             title_justify="left",
             show_edge=False,
         )
@@ -386,7 +462,8 @@ class RichNarrator:
 
 
 class DemoMachine(RunMachine):
-    """Example tools, and hooks that report every transition, text delta and tool call."""
+    """Example tools, and hooks that report every transition, text delta, tool call and (for an
+    agent-session turn) approval request. One machine drives one run or one turn."""
 
     slow_seconds: float = 1.0
 
@@ -415,20 +492,36 @@ class DemoMachine(RunMachine):
         self._rows: list[ToolRow] = []
         self._rounds_seen = 0
         self._errors_seen = 0
+        #: The approval requests of the current round, then the decisions taken on them.
+        self._asked = 0
+        self.decisions: dict[str, str] = {}
 
     # Every transition, reported by the state machine before the on_enter hooks run.
     def on_transition(self, record: TransitionRecord) -> None:
         narrator = self.narrator
-        if len(self.core.stream_errors) > self._errors_seen:
-            self._errors_seen = len(self.core.stream_errors)
+        turn = self.turn_core
+        core = turn if turn is not None else self.core
+        if turn is not None and record.source == lifecycle.PENDING:
+            narrator.note(f"session {self.session_id}, turn {self.turn_id}")
+        if len(core.stream_errors) > self._errors_seen:
+            self._errors_seen = len(core.stream_errors)
             narrator.text_done()
             narrator.note(
-                f"  the stream broke ({type(self.core.stream_errors[-1]).__name__}); "
-                "the driver polls runs.retrieve and carries on"
+                f"  the stream broke ({type(core.stream_errors[-1]).__name__}); "
+                + (
+                    "the driver reconnects and reads back what it missed"
+                    if turn is not None
+                    else "the driver polls runs.retrieve and carries on"
+                )
             )
-        if record.trigger == lifecycle.SUBMIT and self._rows:
-            narrator.round_done()
+        if record.trigger == lifecycle.SUBMIT and (self._rows or self._asked):
+            narrator.round_done(
+                "sending every answer of the round: one input event each, idempotency-keyed"
+                if turn is not None
+                else None
+            )
             self._rows = []
+            self._asked = 0
         narrator.text_done()
         narrator.transition(record)
         if record.trigger == lifecycle.NOT_ACCEPTED:
@@ -437,15 +530,41 @@ class DemoMachine(RunMachine):
                 "so the same outputs go again"
             )
 
-    def on_enter_requires_action(self, run: Any) -> None:
+    def on_enter_requires_action(self, subject: Any) -> None:
+        """``subject`` is the ``Run`` (its calls in ``required_action``) or the ``Turn`` (what it
+        waits on is the session's: ``turn_core.actions()``)."""
         if self.history and self.history[-1].trigger == lifecycle.NOT_ACCEPTED:
             return
         self._rounds_seen += 1
-        self._rows = [
-            ToolRow(call.function.name, call.function.arguments)
-            for call in run.required_action.submit_tool_outputs.tool_calls
-        ]
+        if self.turn_core is None:
+            calls = subject.required_action.submit_tool_outputs.tool_calls
+            self._rows = [ToolRow(c.function.name, c.function.arguments) for c in calls]
+            approvals: list[Any] = []
+        else:
+            actions = self.turn_core.actions()
+            self._rows = [
+                ToolRow(a.name, _json_text(a.arguments))
+                for a in actions
+                if a.type == "function_call"
+            ]
+            approvals = [a for a in actions if a.type != "function_call"]
         self.narrator.round_started(self._rounds_seen, self._rows)
+        self._asked = len(approvals)
+        for request in approvals:
+            self.narrator.approval_requested(self._rounds_seen, _approval_text(request))
+
+    def on_approval_request(self, request: Any) -> Decision:
+        """Approve an MCP tool call on a server the demo knows; deny anything else."""
+        label = getattr(request.request, "server_label", None)
+        if request.type == "mcp_approval_request" and label in KNOWN_MCP_SERVERS:
+            decision: Decision = "approve"
+            why = f"{label} is a known MCP server"
+        else:
+            decision = "deny"
+            why = "not an MCP server the demo knows"
+        self.decisions[request.request_id] = decision
+        self.narrator.approval_decided(decision, why)
+        return decision
 
     async def on_text_delta(self, delta: Any, snapshot: Any) -> None:
         value = delta.value or ""
@@ -533,6 +652,7 @@ class DemoOptions:
     scenario: str | None = None
     diagram: str | None = None
     output: Literal["auto", "rich", "plain"] = "auto"
+    backend: Literal["assistants", "sessions"] = "assistants"
 
     @property
     def remote(self) -> bool:
@@ -544,6 +664,10 @@ class UsageError(Exception):
 
 
 def _check(options: DemoOptions) -> None:
+    if options.backend not in BACKENDS:
+        raise UsageError(f"unknown backend {options.backend!r}; one of {', '.join(BACKENDS)}")
+    if options.backend == "sessions":
+        _check_sessions(options)
     if options.base_url is not None and options.azure_endpoint is not None:
         raise UsageError("give --base-url or --azure-endpoint, not both")
     if options.scenario is not None and options.remote:
@@ -573,6 +697,25 @@ def _check(options: DemoOptions) -> None:
                 require_graphviz(suffix)
             except GraphvizNotFound as exc:
                 raise UsageError(f"--diagram {options.diagram}: {exc}") from None
+
+
+def _check_sessions(options: DemoOptions) -> None:
+    """What ``--backend sessions`` cannot take: it runs on the embedded emulator only."""
+    if options.remote:
+        raise UsageError(
+            "--backend sessions runs on the embedded emulator only (the agent's MCP server and "
+            "its approval are the emulator's); drop --base-url and --azure-endpoint"
+        )
+    if options.assistant_id is not None:
+        raise UsageError(
+            "--assistant-id is for --backend assistants; a session's agent is given with the "
+            "session"
+        )
+    if options.scenario is not None:
+        raise UsageError(
+            "--scenario scripts the Assistants emulator's misbehaviour; it cannot be used with "
+            "--backend sessions"
+        )
 
 
 def _require(module: str, what: str) -> None:
@@ -672,10 +815,11 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _summary(result: RunResult, elapsed: float) -> str:
+def _summary(result: RunResult, elapsed: float, approvals: int | None = None) -> str:
+    answered = "" if approvals is None else f"{_plural(approvals, 'approval')}, "
     return (
-        f"run {result.run_id}: {result.status}, {_plural(result.rounds, 'round')}, "
-        f"{_plural(len(result.tool_calls), 'tool call')}, {elapsed:.2f} s"
+        f"{_subject(result)}: {result.status}, {_plural(result.rounds, 'round')}, "
+        f"{_plural(len(result.tool_calls), 'tool call')}, {answered}{elapsed:.2f} s"
     )
 
 
@@ -688,7 +832,11 @@ def _write_diagram(result: RunResult, path: str, narrator: Narrator) -> None:
     narrator.note(f"trace diagram ({fmt}) written to {path}")
 
 
-def _server_view(emulator: Emulator, run_id: str | None, narrator: Narrator) -> None:
+def _server_view(emulator: Emulator, machine: DemoMachine, narrator: Narrator) -> None:
+    if machine.turn_core is not None:
+        _turn_view(emulator, machine.turn_id, narrator)
+        return
+    run_id = machine.run_id
     if run_id is None:
         return
     stats = emulator.run_stats(run_id)
@@ -700,6 +848,91 @@ def _server_view(emulator: Emulator, run_id: str | None, narrator: Narrator) -> 
         f"{_plural(stats.cancel_requests, 'cancel request')}, "
         f"{_plural(stats.requests.get('retrieve_run', 0), 'runs.retrieve poll')}"
     )
+
+
+def _turn_view(emulator: Emulator, turn_id: str | None, narrator: Narrator) -> None:
+    if turn_id is None:
+        return
+    stats = emulator.turn_stats(turn_id)
+    decided = ", ".join(f"{request}: {d}" for request, d in stats.approvals.items())
+    narrator.note(
+        f"the emulator saw: turn {stats.status}, {_plural(stats.rounds, 'tool round')}, "
+        f"{_plural(sum(stats.results_applied.values()), 'tool result')} applied "
+        f"({_plural(stats.result_posts, 'POST')}, {stats.replays} replayed), "
+        f"{_plural(len(stats.approvals), 'approval')}{f' ({decided})' if decided else ''}, "
+        f"{_plural(stats.cancels, 'cancel input')}"
+    )
+
+
+#: What a turn of the demo is, once prepared: the machine that drives it, and the call that does.
+_Prepared: TypeAlias = tuple[DemoMachine, Callable[[], Awaitable["RunResult"]]]
+
+
+async def _drive_turns(
+    turns: Sequence[str],
+    prepare: Callable[[str, RunResult | None], Awaitable[_Prepared]],
+    options: DemoOptions,
+    narrator: Narrator,
+    emulator: Emulator | None,
+    server_view: bool,
+) -> int:
+    """Drive the user's ``turns`` one after the other (each a run, or a session's turn) and
+    narrate how each ended; ``prepare`` readies one (given the previous result)."""
+    code = EXIT_OK
+    result: RunResult | None = None
+    for turn in turns:
+        narrator.user(turn)
+        machine, drive = await prepare(turn, result)
+        started = time.monotonic()
+        try:
+            result = await drive()
+        except RunAborted as exc:
+            narrator.failure(f"{type(exc).__name__}: {exc}")
+            if exc.result is not None:
+                narrator.trace(exc.result)
+                elapsed = time.monotonic() - started
+                narrator.summary(_summary(exc.result, elapsed, _answered(machine)), False)
+            if emulator is not None:
+                _server_view(emulator, machine, narrator)
+            return EXIT_NOT_COMPLETED
+        elapsed = time.monotonic() - started
+        narrator.text_done()
+        if result.text.strip() != machine.streamed.strip():
+            if _is_turn(result):
+                narrator.note("text of the turn, re-read from its items after the stream broke:")
+            else:
+                narrator.note("text of the run, re-read with messages.list after the stream broke:")
+            narrator.note(f"assistant: {result.text}")
+        if emulator is not None and server_view:
+            _server_view(emulator, machine, narrator)
+        ok = result.status == lifecycle.COMPLETED
+        if not ok:
+            code = EXIT_NOT_COMPLETED
+            narrator.failure(f"{_subject(result)} ended {result.status}{_why(result)}")
+        if turn is turns[-1] or not ok:
+            narrator.trace(result)
+        narrator.summary(_summary(result, elapsed, _answered(machine)), ok)
+        if not ok:
+            break
+    if result is not None and options.diagram is not None:
+        _write_diagram(result, options.diagram, narrator)
+    return code
+
+
+def _answered(machine: DemoMachine) -> int | None:
+    """How many approvals a turn's machine answered (None for a run: runs have none)."""
+    return len(machine.decisions) if machine.turn_core is not None else None
+
+
+def _why(result: RunResult) -> str:
+    """What the server said of a run or turn that did not complete (or what it waits on)."""
+    if result.pending_approvals:
+        waiting = ", ".join(_approval_text(a) for a in result.pending_approvals)
+        return f", waiting on approval of {waiting}"
+    error: Any = result.turn.error if result.turn is not None else None
+    if error is None and result.run is not None:
+        error = result.run.last_error
+    return f": {error.code}: {error.message}" if error is not None else ""
 
 
 async def _conversation(
@@ -735,59 +968,75 @@ async def _conversation(
         emulator.enqueue(plan.scenario)
         narrator.note(f"scenario {options.scenario}: {plan.explain}")
 
-    code = EXIT_OK
-    result: RunResult | None = None
+    async def prepare(turn: str, previous: RunResult | None) -> _Prepared:
+        with _sdk_call():
+            request_message = client.beta.threads.messages.create(
+                thread_id=thread_id, role="user", content=turn
+            )
+        await request_message
+        machine = DemoMachine(client, narrator, **(plan.machine_options if plan else {}))
+        if plan is not None:
+            machine.slow_seconds = plan.slow_seconds
+        return machine, lambda: machine.run(thread_id=thread_id, assistant_id=assistant_id)
+
     try:
-        for turn in turns:
-            narrator.user(turn)
-            with _sdk_call():
-                request_message = client.beta.threads.messages.create(
-                    thread_id=thread_id, role="user", content=turn
-                )
-            await request_message
-            machine = DemoMachine(client, narrator, **(plan.machine_options if plan else {}))
-            if plan is not None:
-                machine.slow_seconds = plan.slow_seconds
-            started = time.monotonic()
-            try:
-                result = await machine.run(thread_id=thread_id, assistant_id=assistant_id)
-            except RunAborted as exc:
-                narrator.failure(f"{type(exc).__name__}: {exc}")
-                if exc.result is not None:
-                    narrator.trace(exc.result)
-                    narrator.summary(_summary(exc.result, time.monotonic() - started), False)
-                if emulator is not None:
-                    _server_view(emulator, machine.run_id, narrator)
-                return EXIT_NOT_COMPLETED
-            elapsed = time.monotonic() - started
-            narrator.text_done()
-            if result.text.strip() != machine.streamed.strip():
-                narrator.note("text of the run, re-read with messages.list after the stream broke:")
-                narrator.note(f"assistant: {result.text}")
-            if emulator is not None and plan is not None:
-                _server_view(emulator, result.run_id, narrator)
-            ok = result.status == lifecycle.COMPLETED
-            if not ok:
-                code = EXIT_NOT_COMPLETED
-                detail = result.run.last_error if result.run is not None else None
-                narrator.failure(
-                    f"run {result.run_id} ended {result.status}"
-                    + (f": {detail.code}: {detail.message}" if detail is not None else "")
-                )
-            if turn is turns[-1] or not ok:
-                narrator.trace(result)
-            narrator.summary(_summary(result, elapsed), ok)
-            if not ok:
-                break
-        if result is not None and options.diagram is not None:
-            _write_diagram(result, options.diagram, narrator)
+        return await _drive_turns(turns, prepare, options, narrator, emulator, plan is not None)
     finally:
         if created_assistant and options.remote:
             with _sdk_call():
                 delete = client.beta.assistants.delete(assistant_id)
             with anyio.CancelScope(shield=True), anyio.move_on_after(10), suppress(openai.APIError):
                 await delete
-    return code
+
+
+def _archive_turn() -> TurnScenario:
+    """The emulator's script for the second turn of the sessions demo: the agent asks to run
+    ``past_weather`` on the MCP server (an approval), then calls two tools at once."""
+    from runmachine.testing import TurnScenario
+
+    oslo = {"location": "Oslo"}
+    return (
+        TurnScenario()
+        .approval("mcp", server_label=ARCHIVE, name="past_weather", arguments=oslo)
+        .tool_round([("get_current_temperature", oslo), ("get_rain_probability", oslo)])
+    )
+
+
+async def _session_conversation(
+    client: openai.AsyncOpenAI,
+    options: DemoOptions,
+    narrator: Narrator,
+    emulator: Emulator | None,
+) -> int:
+    """The sessions demo: ``create_session`` with the first turn, then a ``turn`` on it."""
+    assert emulator is not None  # _check: the sessions demo needs the embedded emulator
+    archive = {
+        "type": "mcp",
+        "server_label": ARCHIVE,
+        "transport": {"type": "http", "server_url": "https://weather-archive.example/mcp"},
+    }
+    agent = {"model": options.model, "tools": [*DemoMachine.agent_tool_definitions(), archive]}
+    narrator.note(
+        f"an agent with the demo's three tools and one MCP server, {ARCHIVE}; the first turn "
+        "creates the session"
+    )
+
+    async def prepare(turn: str, previous: RunResult | None) -> _Prepared:
+        machine = DemoMachine(client, narrator)
+        if previous is None:
+            return machine, lambda: machine.create_session(
+                environment={"type": "none"}, agent=agent, input=turn
+            )
+        emulator.enqueue_turn(_archive_turn())
+        narrator.note(
+            f"scripted on the emulator: the agent asks to run past_weather on {ARCHIVE} (an "
+            "MCP approval request), then calls two tools at once"
+        )
+        session_id = previous.session_id
+        assert session_id is not None
+        return machine, lambda: machine.turn(session_id=session_id, input=turn)
+
+    return await _drive_turns(SESSION_TURNS, prepare, options, narrator, emulator, True)
 
 
 async def run_demo(options: DemoOptions, narrator: Narrator) -> int:
@@ -800,13 +1049,14 @@ async def run_demo(options: DemoOptions, narrator: Narrator) -> int:
 
     from runmachine.testing import Emulator
 
+    sessions = options.backend == "sessions"
+    api = "agent-sessions" if sessions else "Assistants"
+    conversation = _session_conversation if sessions else _conversation
     emulator = Emulator(delta_delay=0.02, poll_after_ms=200)
     with emulator.serve() as base_url:
-        narrator.note(
-            f"runmachine demo: the embedded emulator serves the Assistants API at {base_url}"
-        )
+        narrator.note(f"runmachine demo: the embedded emulator serves the {api} API at {base_url}")
         async with _client(options, base_url) as client:
-            return await _conversation(client, options, narrator, emulator)
+            return await conversation(client, options, narrator, emulator)
 
 
 def _narrator(output: str) -> Narrator:
@@ -840,6 +1090,13 @@ def _describe(exc: BaseException, options: DemoOptions) -> tuple[int, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``runmachine demo`` options."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="assistants",
+        help="assistants: Assistants runs (the default); sessions: agent-session turns, with an "
+        "MCP approval answered by on_approval_request (embedded emulator only)",
+    )
     real = parser.add_argument_group("a real endpoint instead of the embedded emulator")
     real.add_argument("--base-url", help="an OpenAI-compatible API, e.g. https://api.openai.com/v1")
     real.add_argument("--api-key", help="default: OPENAI_API_KEY (AZURE_OPENAI_API_KEY for Azure)")
@@ -863,7 +1120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--diagram",
         metavar="FILE",
-        help="also write the last run's trace diagram (.mmd, .dot, .svg or .png)",
+        help="also write the last run's (or turn's) trace diagram (.mmd, .dot, .svg or .png)",
     )
     parser.add_argument(
         "--output",
@@ -884,6 +1141,7 @@ def options_from(args: argparse.Namespace) -> DemoOptions:
         scenario=args.scenario,
         diagram=args.diagram,
         output=args.output,
+        backend=args.backend,
     )
 
 

@@ -111,11 +111,25 @@ class Drawable(Protocol):
 DEFAULT_TITLE = "RunMachine"
 
 
-def _model(cls: Drawable | None, omit: Iterable[str] = ()) -> _Drawing:
+_SERVER_EVENTS = lifecycle.LIFECYCLE_EVENTS | lifecycle.TURN_LIFECYCLE_EVENTS
+
+#: The tables a drawing may be of: an Assistants run's, an agent-session turn's.
+Backend = Literal["assistants", "sessions"]
+BACKENDS: tuple[str, ...] = ("assistants", "sessions")
+
+
+def _model(cls: Drawable | None, omit: Iterable[str] = (), backend: str = "assistants") -> _Drawing:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     left_out = frozenset(omit)
-    table = lifecycle.TRANSITIONS if cls is None else cls.lifecycle_rows()
+    if backend == "sessions":
+        table = lifecycle.TURN_TRANSITIONS
+        base = lifecycle.TURN_STATES
+    else:
+        table = lifecycle.TRANSITIONS if cls is None else cls.lifecycle_rows()
+        base = lifecycle.STATES
     rows = [row for row in table if row.trigger not in left_out]
-    states = list(lifecycle.STATES)
+    states = list(base)
     for row in rows:
         for name in (row.source, row.dest):
             if name not in states:
@@ -136,12 +150,13 @@ def _model(cls: Drawable | None, omit: Iterable[str] = ()) -> _Drawing:
             row.dest,
             row.trigger,
             row.guards,
-            local=row.trigger not in lifecycle.LIFECYCLE_EVENTS,
+            local=row.trigger not in _SERVER_EVENTS,
         )
         for row in rows
     )
     return _Drawing(
-        title=getattr(cls, "__name__", DEFAULT_TITLE),
+        title=getattr(cls, "__name__", DEFAULT_TITLE)
+        + (" (agent-session turn)" if backend == "sessions" else ""),
         states=tuple(states),
         terminal=frozenset(s for s in states if s in lifecycle.TERMINAL_STATES),
         state_hooks=state_hooks,
@@ -151,7 +166,11 @@ def _model(cls: Drawable | None, omit: Iterable[str] = ()) -> _Drawing:
 
 
 def _with_trace(
-    drawing: _Drawing, history: Iterable[_Step], final_state: str, error: str | None
+    drawing: _Drawing,
+    history: Iterable[_Step],
+    final_state: str,
+    error: str | None,
+    noun: str = "run",
 ) -> _Drawing:
     taken = Counter((step.source, step.trigger, step.dest) for step in history)
     states = list(drawing.states)
@@ -182,7 +201,7 @@ def _with_trace(
     visited.add(final_state)
     return attrs.evolve(
         drawing,
-        title=f"{drawing.title}, one run",
+        title=f"{drawing.title}, one {noun}",
         states=tuple(states),
         edges=tuple(edges),
         trace=True,
@@ -453,7 +472,11 @@ def _output(d: _Drawing, format: str) -> str | bytes:
 
 
 def draw_lifecycle(
-    cls: Drawable | None = None, format: str = "mermaid", *, omit: Iterable[str] = ()
+    cls: Drawable | None = None,
+    format: str = "mermaid",
+    *,
+    omit: Iterable[str] = (),
+    backend: Backend = "assistants",
 ) -> str | bytes:
     """Draw the lifecycle of ``cls`` (``RunMachine`` when omitted) from its table.
 
@@ -464,12 +487,13 @@ def draw_lifecycle(
 
     ``omit`` leaves out the rows of the named triggers, e.g. ``omit=("adopt",)`` for a smaller
     picture without the edges a resumed run may take from ``pending`` into any state.
+    ``backend="sessions"`` draws an agent-session turn's table instead of a run's.
 
     Returns text for ``"mermaid"``, ``"dot"`` and ``"svg"``, bytes for ``"png"``. SVG and PNG need
     Graphviz's ``dot`` program and raise ``GraphvizNotFound`` without it.
     """
     _check_format(format)
-    return _output(_model(cls, omit), format)
+    return _output(_model(cls, omit, backend), format)
 
 
 def draw_trace(
@@ -479,6 +503,7 @@ def draw_trace(
     error: str | None = None,
     format: str = "mermaid",
     machine: Drawable | None = None,
+    backend: Backend = "assistants",
 ) -> str | bytes:
     """Draw the path one run took on the lifecycle diagram of ``machine`` (``RunMachine``).
 
@@ -488,7 +513,8 @@ def draw_trace(
     stopped there.
     """
     _check_format(format)
-    drawing = _with_trace(_model(machine), transitions, final_state, error)
+    noun = "turn" if backend == "sessions" else "run"
+    drawing = _with_trace(_model(machine, (), backend), transitions, final_state, error, noun)
     return _output(drawing, format)
 
 
@@ -545,6 +571,8 @@ def generated_files() -> dict[str, str]:
         "lifecycle.svg": str(draw_lifecycle(format="svg")),
         "trace-two-rounds.mmd": str(draw_trace(history, final_state=final, format="mermaid")),
         "trace-two-rounds.svg": str(draw_trace(history, final_state=final, format="svg")),
+        "turn-lifecycle.mmd": str(draw_lifecycle(format="mermaid", backend="sessions")),
+        "turn-lifecycle.svg": str(draw_lifecycle(format="svg", backend="sessions")),
     }
 
 

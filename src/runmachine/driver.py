@@ -30,6 +30,7 @@ from contextlib import contextmanager, suppress
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import anyio
+import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 from openai.types.beta import AssistantStreamEvent
 from openai.types.beta.threads import Run
@@ -64,7 +65,7 @@ from runmachine.records import ToolCallRecord
 from runmachine.result import RunResult
 from runmachine.tools import ToolSpec, encode_output, error_output
 
-__all__ = ["Driver", "DriverBase", "EventStream", "ToolErrorPolicy"]
+__all__ = ["Driver", "DriverBase", "EventStream", "ToolErrorPolicy", "record_from"]
 
 T = TypeVar("T")
 
@@ -78,7 +79,10 @@ _ABANDONED = (
 TAIL_WAIT = 0.5
 
 #: ``on_tool_error(record, error)``: True fails the whole run instead of sending the error output.
-ToolErrorPolicy = Callable[[ToolCallRecord, BaseException], "Awaitable[bool | None] | bool | None"]
+#: A string is the error text the model gets instead of the error output's own message.
+ToolErrorPolicy = Callable[
+    [ToolCallRecord, BaseException], "Awaitable[bool | str | None] | bool | str | None"
+]
 Sink = Callable[[AssistantStreamEvent], Awaitable[None]]
 
 
@@ -221,7 +225,7 @@ class DriverBase:
             known = entry.calls.get(call.id)
             if known is not None and known.finished:
                 # Recorded by an earlier process: never run again.
-                results[call.id] = _record_from(known)
+                results[call.id] = record_from(known)
                 await core.call_hook("on_tool_finished", results[call.id])
                 return
             try:
@@ -328,7 +332,6 @@ class DriverBase:
                 f"({record.name}): {record.error}",
                 cause,
             )
-        now = time.monotonic()
         for call in calls:
             if call.id not in results:
                 abandoned = call.id in in_threads
@@ -337,20 +340,17 @@ class DriverBase:
                     + ("cut" + _ABANDONED if abandoned else "stopped")
                     + deadline_reason[1]
                 )
-                record = ToolCallRecord(
-                    call.id,
-                    call.name,
-                    call.arguments,
-                    error_output("deadline", message, call.name),
+                await self._tool_failed(
+                    run_id,
+                    call,
+                    "deadline",
                     message,
+                    TimeoutError(message),
                     round_no,
                     starts.get(call.id),
-                    now,
+                    results,
                     abandoned=abandoned,
                 )
-                results[call.id] = record
-                await self._finished(run_id, record)
-                await self._maybe_fail_run(record, TimeoutError(message))
         ordered = [results[c.id] for c in calls]
         self.records.extend(ordered)
         return {r.id: r.output for r in ordered}
@@ -372,16 +372,24 @@ class DriverBase:
             call.id,
             call.name,
             call.arguments,
-            error_output(kind, message, call.name),
+            error_output(kind, self._sent_error(kind, message, call.name, exc), call.name),
             message,
             round_no,
             started,
             time.monotonic(),
             abandoned=abandoned,
         )
+        # The policy first: the text it chooses is what the ledger records and the model gets.
+        text = await self._maybe_fail_run(record, exc)
+        if text is not None:
+            record = attrs.evolve(record, output=error_output(kind, text, call.name))
         results[call.id] = record
         await self._finished(run_id, record)
-        await self._maybe_fail_run(record, exc)
+
+    def _sent_error(self, kind: str, message: str, name: str, exc: BaseException) -> str:
+        """The error text the model gets for a call of tool ``name`` that failed (``kind``,
+        ``message``, ``exc``), unless ``on_tool_error`` chooses one: the whole message here."""
+        return message
 
     async def _finished(self, run_id: str, record: ToolCallRecord) -> None:
         await self.ledger.call_finished(
@@ -395,9 +403,11 @@ class DriverBase:
         )
         await self.core.call_hook("on_tool_finished", record)
 
-    async def _maybe_fail_run(self, record: ToolCallRecord, exc: BaseException) -> None:
+    async def _maybe_fail_run(self, record: ToolCallRecord, exc: BaseException) -> str | None:
+        """Ask ``on_tool_error``: True fails the run (after the round), a string is the error
+        text to send instead (returned here), anything else sends the error output as it is."""
         if self.on_tool_error is None:
-            return
+            return None
         try:
             decision: Any = self.on_tool_error(record, exc)
             if inspect.isawaitable(decision):
@@ -405,11 +415,14 @@ class DriverBase:
         except Exception as error:
             core = self.core
             raise HookError("on_tool_error", core.state, core.run_id, error) from error
+        if isinstance(decision, str):
+            return decision
         if decision and self.failing is None:
             # Raised after the round's task group, not inside it (no exception groups).
             self.failing = (record, exc)
             if self.round_scope is not None:
                 self.round_scope.cancel()
+        return None
 
     # ----------------------------------------------------------------------------------------
     # Ending: aborts, cleanup
@@ -474,6 +487,34 @@ class DriverBase:
         core = self.core
         if core.run_id is not None and core.thread_id is not None:
             await self.ledger.record_run(core.run_id, core.thread_id, core.state, self.machine_name)
+
+    async def _read_through(self, read: Callable[[], Awaitable[T]], doing: str) -> T:
+        """``read()`` (``doing`` says what it does: ``"reading run X back"``) through a short
+        outage: a
+        transient failure (a 5xx, a 429, a dropped connection; the SDK's own retries spent) is
+        tried again with back-off, ``recovery_attempts`` times in a row at most, then the run
+        is given up with a ``RunAborted`` that says so (the server run cancelled on the way
+        out)."""
+        delay = 0.25
+        for attempt in range(1, self.options.recovery_attempts + 1):
+            try:
+                return await read()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if attempt == self.options.recovery_attempts:
+                    self.error = (
+                        f"gave up {doing} after "
+                        f"{self.options.recovery_attempts} failed attempts in a row "
+                        f"(last: {type(exc).__name__}: {exc})"
+                    )
+                    with anyio.CancelScope(shield=True):
+                        await self._cancel_server_run()
+                    raise RunAborted(self.error, self.result()) from exc
+                wait = retry_after(exc)
+            await anyio.sleep(wait if wait is not None else delay)
+            delay = min(delay * 2, 8.0)
+        raise AssertionError("unreachable")
 
     async def _retrying(self, request: Callable[[], Awaitable[T]]) -> T | None:
         """``request()``, tried again while it fails transiently (inside the caller's bound);
@@ -616,7 +657,7 @@ class Driver(DriverBase):
                 await self.ledger.round_accepted(run.id, past.round)
             self.core.mark_submitted(past.call_ids)
             self.records.extend(
-                _record_from(entry.calls[cid])
+                record_from(entry.calls[cid])
                 for cid in sorted(past.call_ids)
                 if cid in entry.calls and entry.calls[cid].finished
             )
@@ -639,7 +680,7 @@ class Driver(DriverBase):
         if sent is not None:
             # Sent by a process that stopped before it learned the outcome. The server presents
             # the round again, so it never took it: send the recorded outputs, running nothing.
-            self.records.extend(_record_from(entry.calls[c.id]) for c in calls)
+            self.records.extend(record_from(entry.calls[c.id]) for c in calls)
             await self._submit(run, sent.round, call_ids, _recorded_outputs(entry, calls))
             return
 
@@ -858,31 +899,10 @@ class Driver(DriverBase):
                 interval = min(interval * 1.5, self.options.max_poll_interval)
 
     async def _read_back(self, ref: RunRef) -> tuple[Run, float | None]:
-        """The run as the server has it, read through a short outage: a transient failure (a
-        5xx, a 429, a dropped connection; the SDK's own retries spent) is tried again with
-        back-off, ``recovery_attempts`` times in a row at most, then the run is given up with a
-        ``RunAborted`` that says so (and the server run is cancelled on the way out)."""
-        delay = 0.25
-        for attempt in range(1, self.options.recovery_attempts + 1):
-            try:
-                read: tuple[Run, float | None] = await self.backend.retrieve(ref)
-                return read
-            except Exception as exc:
-                if not is_transient(exc) or attempt == self.options.recovery_attempts:
-                    if not is_transient(exc):
-                        raise
-                    self.error = (
-                        f"gave up reading run {ref.run_id} back after "
-                        f"{self.options.recovery_attempts} failed attempts in a row "
-                        f"(last: {type(exc).__name__}: {exc})"
-                    )
-                    with anyio.CancelScope(shield=True):
-                        await self._cancel_server_run()
-                    raise RunAborted(self.error, self.result()) from exc
-                wait = retry_after(exc)
-            await anyio.sleep(wait if wait is not None else delay)
-            delay = min(delay * 2, 8.0)
-        raise AssertionError("unreachable")
+        """The run as the server has it, read through a short outage (``_read_through``)."""
+        return await self._read_through(
+            lambda: self.backend.retrieve(ref), f"reading run {ref.run_id} back"
+        )
 
     async def _recover_content(self) -> None:
         """Text lost with a stream (or never streamed) comes back from the server."""
@@ -1039,7 +1059,7 @@ def _sdk_call(run: Run, call_id: str) -> Any:
     raise AssertionError(call_id)
 
 
-def _record_from(call: CallEntry) -> ToolCallRecord:
+def record_from(call: CallEntry) -> ToolCallRecord:
     """A call's record rebuilt from the ledger (its tool did not run in this process)."""
     assert call.output is not None
     return ToolCallRecord(

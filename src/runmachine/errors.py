@@ -20,11 +20,13 @@ __all__ = [
     "OptionError",
     "ProtocolViolation",
     "RequiresActionLoop",
+    "ResultConflict",
     "RunAborted",
     "RunMachineError",
     "TooManyRounds",
     "ToolError",
     "ToolFailed",
+    "TurnTimedOut",
 ]
 
 
@@ -134,3 +136,12 @@ class TooManyRounds(RunAborted):
 
 class ToolFailed(RunAborted):
     """``on_tool_error`` chose to fail the run because of a tool's error; the run was cancelled."""
+
+
+class TurnTimedOut(RunAborted):
+    """An agent-session turn took longer than ``turn_timeout``; it was cancelled."""
+
+
+class ResultConflict(RunAborted):
+    """The server already holds a different answer for a required action (a 409): nothing was
+    applied twice, and the turn was cancelled, since its answers are no longer this machine's."""

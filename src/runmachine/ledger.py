@@ -32,6 +32,7 @@ from runmachine.errors import LedgerError
 from runmachine.tools import error_output
 
 __all__ = [
+    "TURN_MARK",
     "CallEntry",
     "Ledger",
     "LedgerError",
@@ -40,6 +41,7 @@ __all__ = [
     "RunEntry",
     "interrupted_message",
     "interrupted_output",
+    "split_machine",
 ]
 
 
@@ -141,6 +143,18 @@ class Ledger(Protocol):
 
     async def runs(self) -> list[RunEntry]:
         """Every run recorded, oldest first."""
+
+
+#: Appended to a ledger entry's machine name (``module:Class``) when the entry is an
+#: agent-session turn (its ``run_id`` the turn's, its ``thread_id`` the session's).
+TURN_MARK = "@sessions"
+
+
+def split_machine(machine: str) -> tuple[str, bool]:
+    """An entry's machine name as (``module:Class``, whether the entry is a turn)."""
+    if machine.endswith(TURN_MARK):
+        return machine[: -len(TURN_MARK)], True
+    return machine, False
 
 
 def interrupted_message(name: str) -> str:

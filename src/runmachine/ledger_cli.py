@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from runmachine import lifecycle
+from runmachine.ledger import split_machine
 
 if TYPE_CHECKING:
     import openai
@@ -94,6 +95,14 @@ def add_arguments(sub: Any) -> None:
     resume.add_argument("run_id", metavar="RUN_ID")
     resume.add_argument("target", metavar="module:Class", help="the RunMachine subclass")
     resume.add_argument("--thread-id", help="default: the thread the ledger recorded")
+    for decision in ("approve", "deny"):
+        resume.add_argument(
+            f"--{decision}",
+            action="append",
+            default=[],
+            metavar="REQUEST_ID",
+            help=f"an agent-session turn: {decision} this approval request (repeatable)",
+        )
     add_client_arguments(resume)
     resume.set_defaults(func=cmd_resume)
 
@@ -108,11 +117,13 @@ def _open_ledger(path: str) -> Any:
 
 def describe(entry: RunEntry) -> dict[str, Any]:
     calls = list(entry.calls.values())
+    machine, is_turn = split_machine(entry.machine)
     return {
+        "kind": "turn" if is_turn else "run",
         "run_id": entry.run_id,
         "thread_id": entry.thread_id,
         "status": entry.status,
-        "machine": entry.machine,
+        "machine": machine,
         "rounds": len(entry.rounds),
         "rounds_accepted": sum(r.accepted for r in entry.rounds),
         "calls": len(calls),
@@ -144,10 +155,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no runs in {args.ledger}")
         return EXIT_OK
-    header = ("RUN", "STATUS", "ROUNDS", "CALLS", "MACHINE", "UPDATED")
+    header = ("RUN / TURN", "IN", "STATUS", "ROUNDS", "CALLS", "MACHINE", "UPDATED")
     table = [header] + [
         (
             r["run_id"],
+            r["thread_id"],
             r["status"],
             f"{r['rounds_accepted']}/{r['rounds']} accepted",
             f"{r['calls_finished']}/{r['calls']} done"
@@ -178,12 +190,31 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     async def main() -> int:
+        entry = await ledger.load(args.run_id)
+        is_turn = entry is not None and split_machine(entry.machine)[1]
         async with client_from(args) as client:
             machine = cls(client, ledger=ledger)
-            result = await machine.resume(run_id=args.run_id, thread_id=args.thread_id)
+            if is_turn:
+                assert entry is not None
+                approvals: dict[str, Any] = dict.fromkeys(args.approve, "approve")
+                approvals.update(dict.fromkeys(args.deny, "deny"))
+                result = await machine.resume(
+                    session_id=entry.thread_id, turn_id=args.run_id, approvals=approvals
+                )
+            else:
+                if args.approve or args.deny:
+                    raise RunMachineError(
+                        f"{args.run_id} is not an agent-session turn: it has no approvals"
+                    )
+                result = await machine.resume(run_id=args.run_id, thread_id=args.thread_id)
         errors = sum(c.error is not None for c in result.tool_calls)
+        if result.pending_approvals:
+            waiting = ", ".join(a.request_id for a in result.pending_approvals)
+            print(f"turn {result.turn_id}: waiting on approval request(s) {waiting}")
+            return EXIT_NOT_COMPLETED
         print(
-            f"run {result.run_id}: {result.status} after {result.rounds} round(s), "
+            f"{'turn' if is_turn else 'run'} {args.run_id}: {result.status} after "
+            f"{result.rounds} round(s), "
             f"{len(result.tool_calls)} tool call(s)"
             + (f", {errors} with an error output" if errors else "")
         )

@@ -32,6 +32,8 @@ __all__ = [
     "CANCELLABLE_STATES",
     "CLOSES_TOOL_CALL",
     "CONTENT_EVENTS",
+    "DECISIONS",
+    "DISMISS_SIGN_IN",
     "ERROR_EVENT",
     "EVENT_STATE",
     "GUARDS",
@@ -77,6 +79,7 @@ __all__ = [
     "TURN_TEXT_DELTA",
     "TURN_TEXT_DONE",
     "TURN_TRANSITIONS",
+    "Decision",
     "EventKind",
     "Guard",
     "GuardContext",
@@ -541,6 +544,12 @@ def find_row(
 # input event; the turn then ends ``cancelled``) and no ``incomplete`` end. The machine's states
 # are the Assistants ones where the meaning is the same: ``waiting`` is ``requires_action``, and
 # ``cancelling`` and ``submitting`` are the machine's own (a cancel sent, answers handed over).
+
+#: What an approval request may be answered (the SDK's ``decision`` values).
+Decision: TypeAlias = Literal["approve", "deny", "cancel"]
+DECISIONS: Final[tuple[str, ...]] = get_args(Decision)
+#: The answer to a sign-in form (``browser_authentication``) without credentials: dismissed.
+DISMISS_SIGN_IN: Final[Mapping[str, str]] = {"action": CANCEL, "type": "browser_authentication"}
 
 #: A turn's status as the server reports it (the SDK's ``Turn.status``).
 TurnStatus: TypeAlias = Literal[

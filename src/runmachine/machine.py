@@ -18,7 +18,7 @@ class is defined.
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, overload
@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, overload
 import anyio
 import openai
 from openai.types.beta import AssistantStreamEvent, FunctionToolParam
+from openai.types.beta.agent_session import AgentSession
+from openai.types.beta.agent_session_event import AgentSessionEvent
+from openai.types.beta.agents.sessions.turn import Turn
 from openai.types.beta.threads import (
     ImageFile,
     Message,
@@ -39,16 +42,19 @@ from openai.types.beta.threads.runs import RunStep, RunStepDelta, ToolCall, Tool
 
 from runmachine import lifecycle
 from runmachine.backends.assistants import AssistantsBackend, CreateRun, CreateThreadAndRun
-from runmachine.core import RunCore
+from runmachine.backends.sessions import SessionsBackend
+from runmachine.core import CoreBase, RunCore
 from runmachine.diagrams import draw_lifecycle
 from runmachine.driver import Driver, EventStream
 from runmachine.engine import Engine, engine_for
 from runmachine.errors import MachineBusy, OptionError, RunMachineError
-from runmachine.ledger import Ledger, MemoryLedger
+from runmachine.ledger import TURN_MARK, Ledger, MemoryLedger
 from runmachine.options import DriverOptions, unknown_option
 from runmachine.records import ToleratedEvent, ToolCallRecord, TransitionRecord
 from runmachine.result import RunResult
 from runmachine.tools import ToolSpec, as_spec, spec_of
+from runmachine.turn_core import TurnCore
+from runmachine.turn_driver import DECISIONS, Decision, TurnDriver, input_messages
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -66,6 +72,7 @@ DRIVER_HOOK_NAMES: tuple[str, ...] = (
     "on_tool_started",
     "on_tool_finished",
     "on_tool_error",
+    "on_approval_request",
 )
 EVENT_HOOK_NAMES: tuple[str, ...] = (
     "on_event",
@@ -104,6 +111,7 @@ class RunMachine:
     extra_transitions: ClassVar[tuple[lifecycle.TransitionSpec, ...]] = ()
 
     _runmachine_engine: ClassVar[Engine]
+    _runmachine_turn_engine: ClassVar[Engine]
     _runmachine_hooks: ClassVar[frozenset[str]]
 
     def __init__(
@@ -122,6 +130,7 @@ class RunMachine:
         submit_attempts: int = 4,
         recovery_attempts: int = 6,
         cancel_timeout: float = 10.0,
+        turn_timeout: float | None = None,
         **unknown: Never,
     ) -> None:
         """``client``: an ``AsyncOpenAI`` or ``AsyncAzureOpenAI`` (needed to drive runs; not to
@@ -158,6 +167,7 @@ class RunMachine:
                 submit_attempts=submit_attempts,
                 recovery_attempts=recovery_attempts,
                 cancel_timeout=cancel_timeout,
+                turn_timeout=turn_timeout,
             )
         except OptionError as exc:
             raise OptionError(f"{name}(): {exc}") from None
@@ -168,8 +178,12 @@ class RunMachine:
         except TypeError as exc:
             raise OptionError(f"{name}(tools=...): {exc}") from None
         self.__backend = AssistantsBackend(client) if client is not None else None
-        self.__driving: Driver | None = None
+        self.__sessions = SessionsBackend(client) if client is not None else None
+        self.__driving: Driver | TurnDriver | None = None
         self.__core = self.__new_core()
+        self.__turn_core: TurnCore | None = None
+        #: The core of the latest run or turn (what ``state``, ``history``, ... show).
+        self.__last: CoreBase = self.__core
 
     # ----------------------------------------------------------------------------------------
     # The class: its table, hooks and tools
@@ -224,41 +238,90 @@ class RunMachine:
         cls = type(self)
         return RunCore(self, engine=cls._runmachine_engine, hooks=cls._runmachine_hooks)
 
-    async def __drive(
-        self,
-        work: Callable[[Driver], Awaitable[RunResult]],
-        sink: Callable[[AssistantStreamEvent], Awaitable[None]] | None = None,
-    ) -> RunResult:
+    def __check_free(self) -> None:
         cls = type(self)
         if self.__driving is not None:
+            core = self.__driving.core
             raise MachineBusy(
-                f"{cls.__name__} is already driving run "
-                f"{self.__driving.core.run_id or '(not created yet)'}; a RunMachine drives one "
-                "run at a time: make one machine per concurrent run (machines are cheap)"
+                f"{cls.__name__} is already driving {self.__driving.noun} "
+                f"{core.run_id or '(not created yet)'}; a RunMachine drives one "
+                f"{self.__driving.noun} at a time: make one machine per concurrent one "
+                "(machines are cheap)"
             )
-        if self.__backend is None:
+        if self.client is None:
             raise RunMachineError(
                 f"this {cls.__name__} has no client: create it as {cls.__name__}(client) to "
                 "drive runs"
             )
+
+    def __driver_options(self) -> dict[str, Any]:
+        cls = type(self)
+        return {
+            "options": self.options,
+            "tools": self.tool_specs(),
+            "owner": self,
+            "ledger": self.ledger,
+            "machine_name": _importable_name(cls),
+            "on_tool_error": self.on_tool_error
+            if "on_tool_error" in cls._runmachine_hooks
+            else None,
+        }
+
+    async def __drive(
+        self,
+        work: Callable[[Driver], Awaitable[RunResult]],
+        sink: Callable[[Any], Awaitable[None]] | None = None,
+    ) -> RunResult:
+        self.__check_free()
+        assert self.__backend is not None
         if self.__core.state != lifecycle.INITIAL_STATE:
             self.__core = self.__new_core()
-        driver = Driver(
-            self.__core,
-            self.__backend,
-            options=self.options,
-            tools=self.tool_specs(),
-            owner=self,
-            ledger=self.ledger,
-            machine_name=_importable_name(cls),
-            on_tool_error=self.on_tool_error if "on_tool_error" in cls._runmachine_hooks else None,
+        self.__last = self.__core
+        driver = Driver(self.__core, self.__backend, sink=sink, **self.__driver_options())
+        self.__driving = driver
+        try:
+            return await work(driver)
+        finally:
+            self.__driving = None
+
+    async def __drive_turn(
+        self,
+        session_id: str | None,
+        work: Callable[[TurnDriver], Awaitable[RunResult]],
+        sink: Callable[[Any], Awaitable[None]] | None = None,
+        approvals: Mapping[str, str] | None = None,
+    ) -> RunResult:
+        self.__check_free()
+        assert self.__sessions is not None
+        cls = type(self)
+        core = TurnCore(
+            self,
+            session_id=session_id,
+            engine=cls._runmachine_turn_engine,
+            hooks=cls._runmachine_hooks,
+        )
+        self.__turn_core = self.__last = core
+        options = self.__driver_options()
+        options["machine_name"] += TURN_MARK
+        driver = TurnDriver(
+            core,
+            self.__sessions,
+            on_approval=self.on_approval_request
+            if "on_approval_request" in cls._runmachine_hooks
+            else None,
+            approvals=approvals,
             sink=sink,
+            **options,
         )
         self.__driving = driver
         try:
             return await work(driver)
         finally:
             self.__driving = None
+
+    # ----------------------------------------------------------------------------------------
+    # Assistants runs
+    # ----------------------------------------------------------------------------------------
 
     async def run(self, *, thread_id: str, assistant_id: str, **params: Any) -> RunResult:
         """Create a run on ``thread_id`` and drive it to its end. ``params`` go to
@@ -271,13 +334,95 @@ class RunMachine:
         request = CreateThreadAndRun(assistant_id, params)
         return await self.__drive(lambda d: d.create(request))
 
-    async def resume(self, *, run_id: str, thread_id: str | None = None) -> RunResult:
-        """Pick up a run that is already on the server and drive it from its current status.
+    @overload
+    async def resume(self, *, run_id: str, thread_id: str | None = None) -> RunResult: ...
+
+    @overload
+    async def resume(
+        self,
+        *,
+        session_id: str,
+        turn_id: str,
+        approvals: Mapping[str, Decision] | None = None,
+    ) -> RunResult: ...
+
+    async def resume(
+        self,
+        *,
+        run_id: str | None = None,
+        thread_id: str | None = None,
+        session_id: str | None = None,
+        turn_id: str | None = None,
+        approvals: Mapping[str, Decision] | None = None,
+    ) -> RunResult:
+        """Pick up a run (``run_id``, ``thread_id``) or an agent-session turn (``session_id``,
+        ``turn_id``) that is already on the server and drive it from its current status.
 
         With a ledger that knows the run (``SQLiteLedger`` after a restart), ``thread_id`` may be
         left out, recorded outputs are submitted without running their tools again, and a round
-        the server already took is never submitted again."""
-        return await self.__drive(lambda d: d.resume(thread_id, run_id))
+        the server already took is never submitted again. For a turn, ``approvals`` answers the
+        approval requests it was left waiting on (``{request_id: "approve"}``)."""
+        name = type(self).__name__
+        if run_id is not None:
+            if session_id is not None or turn_id is not None or approvals is not None:
+                raise OptionError(
+                    f"{name}.resume(): give run_id (and thread_id) for a run, or session_id "
+                    "and turn_id (and approvals) for a turn, not both"
+                )
+            return await self.__drive(lambda d: d.resume(thread_id, run_id))
+        if session_id is None or turn_id is None or thread_id is not None:
+            raise OptionError(
+                f"{name}.resume() needs run_id (a run) or session_id and turn_id (a turn)"
+            )
+        given = _check_approvals(name, approvals)
+        turn = turn_id
+        return await self.__drive_turn(session_id, lambda d: d.resume(turn), approvals=given)
+
+    # ----------------------------------------------------------------------------------------
+    # Agent-session turns
+    # ----------------------------------------------------------------------------------------
+
+    async def turn(self, *, session_id: str, input: str | Iterable[Any]) -> RunResult:
+        """Start a turn on the idle session ``session_id`` with ``input`` (a string: one user
+        message; or the SDK's message params) and drive it to its end, or to where it waits on
+        approvals nobody has answered (``result.status == "requires_action"``)."""
+        messages = _input(type(self).__name__, input)
+        return await self.__drive_turn(session_id, lambda d: d.turn(messages))
+
+    async def create_session(
+        self,
+        *,
+        environment: Mapping[str, Any],
+        input: str | Iterable[Any],
+        agent: Mapping[str, Any] | None = None,
+        **params: Any,
+    ) -> RunResult:
+        """Create an agent session (``sessions.create``: ``environment``, ``agent`` or
+        ``agent_id``, ``metadata``, ...) with its first turn, and drive that turn. When
+        ``agent`` names no tools, the class's ``@tool`` definitions are given to it."""
+        body: dict[str, Any] = {"environment": environment, **params}
+        body["input"] = _input(type(self).__name__, input)
+        if agent is not None:
+            body["agent"] = self.__with_tools(agent)
+        return await self.__drive_turn(None, lambda d: d.create_session(body))
+
+    def __with_tools(self, agent: Mapping[str, Any]) -> dict[str, Any]:
+        if "tools" in agent:
+            return dict(agent)
+        return {**agent, "tools": self.agent_tool_definitions()}
+
+    @classmethod
+    def agent_tool_definitions(cls) -> list[dict[str, Any]]:
+        """The ``agent={"tools": [...]}`` list for agent sessions, from the ``@tool`` methods."""
+        found = []
+        for definition in cls.tool_definitions():
+            function = definition["function"]
+            found.append({"type": "function", **function})
+        return found
+
+    # ----------------------------------------------------------------------------------------
+    # Streaming
+    # ----------------------------------------------------------------------------------------
 
     @overload
     def stream(
@@ -294,10 +439,32 @@ class RunMachine:
         self, *, thread_id: str, assistant_id: str, transitions: Literal[True], **params: Any
     ) -> AbstractAsyncContextManager[EventStream[AssistantStreamEvent | TransitionRecord]]: ...
 
+    @overload
     def stream(
-        self, *, thread_id: str, assistant_id: str, transitions: bool = False, **params: Any
+        self,
+        *,
+        session_id: str,
+        input: str | Iterable[Any],
+        transitions: Literal[False] = False,
+    ) -> AbstractAsyncContextManager[EventStream[AgentSessionEvent]]: ...
+
+    @overload
+    def stream(
+        self, *, session_id: str, input: str | Iterable[Any], transitions: Literal[True]
+    ) -> AbstractAsyncContextManager[EventStream[AgentSessionEvent | TransitionRecord]]: ...
+
+    def stream(
+        self,
+        *,
+        thread_id: str | None = None,
+        assistant_id: str | None = None,
+        session_id: str | None = None,
+        input: str | Iterable[Any] | None = None,
+        transitions: bool = False,
+        **params: Any,
     ) -> AbstractAsyncContextManager[EventStream[Any]]:
-        """Drive a run while yielding its SDK events, across every tool handoff::
+        """Drive a run (``thread_id``, ``assistant_id``) or an agent-session turn
+        (``session_id``, ``input``) while yielding its SDK events, across every tool handoff::
 
             async with machine.stream(thread_id=t, assistant_id=a) as events:
                 async for event in events:
@@ -312,24 +479,50 @@ class RunMachine:
         every event that came before it. Leaving the block early cancels the run (tools first,
         then the server run).
         """
-        return self.__stream(CreateRun(thread_id, assistant_id, params), transitions)
+        name = type(self).__name__
+        if session_id is not None:
+            if thread_id is not None or assistant_id is not None or params or input is None:
+                raise OptionError(
+                    f"{name}.stream(): a turn takes session_id and input only; a run takes "
+                    "thread_id and assistant_id (and runs.create's parameters)"
+                )
+            messages = _input(name, input)
+            sid = session_id
+
+            def start_turn(sink: Callable[[Any], Awaitable[None]]) -> Awaitable[RunResult]:
+                return self.__drive_turn(sid, lambda d: d.turn(messages), sink)
+
+            return self.__stream(start_turn, transitions)
+        if thread_id is None or assistant_id is None or input is not None:
+            raise OptionError(
+                f"{name}.stream() needs thread_id and assistant_id (a run) or session_id and "
+                "input (a turn)"
+            )
+        request = CreateRun(thread_id, assistant_id, params)
+
+        def start_run(sink: Callable[[Any], Awaitable[None]]) -> Awaitable[RunResult]:
+            return self.__drive(lambda d: d.create(request), sink)
+
+        return self.__stream(start_run, transitions)
 
     @asynccontextmanager
     async def __stream(
-        self, request: CreateRun, transitions: bool
+        self,
+        start: Callable[[Callable[[Any], Awaitable[None]]], Awaitable[RunResult]],
+        transitions: bool,
     ) -> AsyncIterator[EventStream[Any]]:
         send, receive = anyio.create_memory_object_stream[Any](16)
         events: EventStream[Any] = EventStream(receive)
-        history = self.__core.history
+        history = self.__last.history
         sent = 0
 
-        async def sink(event: AssistantStreamEvent) -> None:
+        async def sink(event: Any) -> None:
             nonlocal history, sent
             if not transitions:
                 await send.send(event)
                 return
-            if history is not self.__core.history:
-                history, sent = self.__core.history, 0
+            if history is not self.__last.history:
+                history, sent = self.__last.history, 0
             for item in _placed(event, history[sent:]):
                 await send.send(item)
             sent = len(history)
@@ -337,7 +530,7 @@ class RunMachine:
         async def produce() -> None:
             async with send:
                 try:
-                    result = await self.__drive(lambda d: d.create(request), sink)
+                    result = await start(sink)
                 except Exception as error:
                     await rest()
                     events.set_error(error)
@@ -348,7 +541,7 @@ class RunMachine:
         async def rest() -> None:
             # Transitions after the last event (the cancel of an aborted run, a final poll).
             if transitions:
-                for record in self.__core.history[sent:]:
+                for record in self.__last.history[sent:]:
                     await send.send(record)
 
         try:
@@ -374,32 +567,58 @@ class RunMachine:
 
     @property
     def core(self) -> RunCore:
-        """The core of the current (or last) run: its state, history and snapshots."""
+        """The core of the current (or last) Assistants run: its state, history and snapshots."""
         return self.__core
 
     @property
+    def turn_core(self) -> TurnCore | None:
+        """The core of the current (or last) agent-session turn, if this machine drove one."""
+        return self.__turn_core
+
+    @property
     def state(self) -> str:
-        return self.__core.state
+        """The state of the current (or last) run or turn."""
+        return self.__last.state
 
     @property
     def history(self) -> list[TransitionRecord]:
-        return self.__core.history
+        return self.__last.history
 
     @property
     def tolerated(self) -> list[ToleratedEvent]:
-        return self.__core.tolerated
+        return self.__last.tolerated
 
     @property
     def run_id(self) -> str | None:
-        return self.__core.run_id
+        """The current (or last) run's id (a turn's id, for an agent-session turn)."""
+        return self.__last.run_id
 
     @property
     def thread_id(self) -> str | None:
-        return self.__core.thread_id
+        """The current (or last) run's thread (a turn's session, for an agent-session turn)."""
+        return self.__last.thread_id
+
+    @property
+    def session_id(self) -> str | None:
+        """The session of the current (or last) agent-session turn."""
+        return self.__turn_core.thread_id if self.__turn_core is not None else None
+
+    @property
+    def turn_id(self) -> str | None:
+        """The id of the current (or last) agent-session turn."""
+        return self.__turn_core.run_id if self.__turn_core is not None else None
 
     @property
     def is_finished(self) -> bool:
-        return self.__core.is_finished
+        return self.__last.is_finished
+
+    def current_turn(self) -> Turn | None:
+        """The current (or last) agent-session turn, as of its latest event (or read)."""
+        return self.__turn_core.current_turn() if self.__turn_core is not None else None
+
+    def current_session(self) -> AgentSession | None:
+        """The session of the current (or last) turn, as of its latest snapshot."""
+        return self.__turn_core.current_session() if self.__turn_core is not None else None
 
     async def feed(self, event: AssistantStreamEvent) -> None:
         """Feed one stream event to the current run's core (without driving anything)."""
@@ -412,7 +631,7 @@ class RunMachine:
         During a driven run, the driver sends the cancel to the server as soon as it sees the
         request (tools already running finish first; their round is not submitted). To stop the
         tools at once too, cancel the task that drives the run (an anyio cancel scope)."""
-        return await self.__core.request_cancel()
+        return await self.__last.request_cancel()
 
     def current_event(self) -> AssistantStreamEvent | None:
         return self.__core.current_event()
@@ -439,9 +658,9 @@ class RunMachine:
         return self.__core.final_run_steps()
 
     def text(self) -> str:
-        """All the assistant text of this run: text blocks joined by newlines, messages by a
-        blank line."""
-        return self.__core.text()
+        """All the assistant text of the current (or last) run or turn: text blocks joined by
+        newlines, messages by a blank line."""
+        return self.__last.text()
 
     # ----------------------------------------------------------------------------------------
     # Hooks. Override any of them, with ``async def`` or a plain ``def``.
@@ -449,9 +668,19 @@ class RunMachine:
 
     def on_tool_error(
         self, tool_call: ToolCallRecord, error: BaseException
-    ) -> Awaitable[bool | None] | bool | None:
-        """Called when a tool call gets an error output. Return True to fail the whole run
-        instead: the driver cancels the server run and raises ``ToolFailed``."""
+    ) -> Awaitable[bool | str | None] | bool | str | None:
+        """Called when a tool call gets an error output, before it is recorded and sent. Return
+        True to fail the whole run instead (the driver cancels the server run and raises
+        ``ToolFailed``), or a string: the error text the model gets instead (on agent sessions
+        the default sends no exception text; this is how to send some)."""
+        return None
+
+    def on_approval_request(self, request: Any) -> Awaitable[Decision | None] | Decision | None:
+        """Agent sessions: called for each approval the turn requires (the SDK's
+        ``mcp_approval_request`` or ``computer_use_approval_request`` required action). Return
+        ``"approve"``, ``"deny"`` or ``"cancel"``, or ``None`` to leave the turn waiting (the
+        default: an approval nobody answered is never approved); ``resume(...,
+        approvals=...)`` can answer it later, from any process."""
         return None
 
     def on_transition(self, record: TransitionRecord) -> Awaitable[None] | None:
@@ -538,12 +767,34 @@ def _importable_name(cls: type) -> str:
     return f"{module}:{cls.__qualname__}"
 
 
-def _placed(event: AssistantStreamEvent, new: list[TransitionRecord]) -> list[Any]:
+_SERVER_EVENTS = lifecycle.LIFECYCLE_EVENTS | lifecycle.TURN_LIFECYCLE_EVENTS
+
+
+def _placed(event: Any, new: list[TransitionRecord]) -> list[Any]:
     """``event`` with the transitions recorded since the last event: the one it caused after it,
     the others (local triggers, polls) before it."""
-    if new and new[-1].trigger == event.event and event.event in lifecycle.LIFECYCLE_EVENTS:
+    name = getattr(event, "event", None) or getattr(event, "type", None)
+    if new and new[-1].trigger == name and name in _SERVER_EVENTS:
         return [*new[:-1], event, new[-1]]
     return [*new, event]
+
+
+def _input(owner: str, input: str | Iterable[Any]) -> list[Any]:
+    try:
+        return input_messages(input)
+    except OptionError as exc:
+        raise OptionError(f"{owner}: {exc}") from None
+
+
+def _check_approvals(owner: str, approvals: Mapping[str, str] | None) -> dict[str, str]:
+    given = dict(approvals or {})
+    for request_id, decision in given.items():
+        if decision not in DECISIONS:
+            raise OptionError(
+                f"{owner}.resume(approvals=...): the decision for {request_id!r} is "
+                f"{decision!r}; it must be 'approve', 'deny' or 'cancel'"
+            )
+    return given
 
 
 def _prepare(cls: type[RunMachine]) -> None:
@@ -567,6 +818,10 @@ def _prepare(cls: type[RunMachine]) -> None:
     cls._runmachine_hooks = frozenset(hooks)
     state_hooks = frozenset(h for h in hooks if h.startswith(("on_enter_", "on_exit_")))
     cls._runmachine_engine = engine_for(cls.lifecycle_rows(), state_hooks, cls.__name__)
+    turn_hooks = frozenset(h for h in state_hooks if h.split("_", 2)[2] in lifecycle.TURN_STATES)
+    cls._runmachine_turn_engine = engine_for(
+        lifecycle.TURN_TRANSITIONS, turn_hooks, cls.__name__, lifecycle.TURN_STATES
+    )
 
 
 def _check_tools(cls: type[RunMachine]) -> None:

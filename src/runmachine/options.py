@@ -82,6 +82,15 @@ class DriverOptions:
     failed submit) through transient failures, with back-off, before giving the run up."""
     cancel_timeout: float = attrs.field(default=10.0, validator=_seconds(positive=True))
     """Bound on the shielded ``runs.cancel`` made when a run is abandoned."""
+    turn_timeout: float | None = attrs.field(default=None)
+    """Agent-session turns (which have no ``expires_at``): seconds a turn may take, from its
+    start to its end, tools included. When they pass, the tools are stopped, the turn is
+    cancelled on the server and ``TurnTimedOut`` is raised. ``None``: no limit."""
+
+    @turn_timeout.validator
+    def _check_turn_timeout(self, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None:
+            _seconds(positive=True)(self, attribute, value)
 
     def __attrs_post_init__(self) -> None:
         if self.max_poll_interval < self.poll_interval:

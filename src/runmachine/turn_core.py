@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from openai.types.beta.agent_session import AgentSession
+from openai.types.beta.agent_session_assistant_message import AgentSessionAssistantMessage
 from openai.types.beta.agent_session_event import AgentSessionEvent
 from openai.types.beta.agent_session_message import AgentSessionMessage
 from openai.types.beta.agents.sessions.turn import Turn
@@ -35,7 +36,14 @@ from runmachine.engine import Engine, engine_for
 from runmachine.errors import ProtocolViolation
 from runmachine.records import ToleratedEvent
 
-__all__ = ["TURN_ENGINE", "TurnCore", "required_actions"]
+__all__ = [
+    "TURN_ENGINE",
+    "TurnCore",
+    "TurnMessage",
+    "action_id",
+    "message_text",
+    "required_actions",
+]
 
 #: The engine of the turn table with no hooks (a ``TurnCore`` made on its own).
 TURN_ENGINE: Engine = engine_for(
@@ -53,6 +61,15 @@ def required_actions(session: AgentSession | None, turn_id: str | None) -> list[
     return [a for a in session.required_actions if getattr(a, "turn_id", None) == turn_id]
 
 
+#: An assistant message of a turn, as the SDK gives it (from an event or from a list of items).
+TurnMessage = AgentSessionMessage | AgentSessionAssistantMessage
+
+
+def message_text(message: TurnMessage) -> str:
+    """The output text of an assistant message, its parts joined."""
+    return "".join(part.text for part in message.content if part.type == "output_text")
+
+
 def action_id(action: Any) -> str:
     """A required action's id: its ``call_id`` (a function call) or ``request_id``."""
     return str(action.call_id if action.type == "function_call" else action.request_id)
@@ -61,7 +78,8 @@ def action_id(action: Any) -> str:
 class TurnCore(CoreBase):
     """The state, history and text of one turn, moved only by the turn table's triggers.
 
-    ``run_id`` is the turn's id (``turn_id``), ``thread_id`` its session's (``session_id``).
+    ``run_id`` is the turn's id (``turn_id``), ``thread_id`` its session's (``session_id``;
+    ``None`` until a session being created is named).
     """
 
     terminal_states = lifecycle.TURN_TERMINAL_STATES
@@ -71,7 +89,7 @@ class TurnCore(CoreBase):
         self,
         target: object | None = None,
         *,
-        session_id: str,
+        session_id: str | None,
         turn_id: str | None = None,
         engine: Engine | None = None,
         hooks: frozenset[str] = frozenset(),
@@ -85,7 +103,7 @@ class TurnCore(CoreBase):
         self._seen: set[str] = set()
         self._recent: deque[str] = deque()
         #: Assistant messages of the turn, by item id, in the order they began.
-        self._messages: dict[str, AgentSessionMessage | None] = {}
+        self._messages: dict[str, TurnMessage | None] = {}
         #: Text parts being streamed: (item id, content index) -> the text so far.
         self._texts: dict[tuple[str, int], Text] = {}
         self._usage: Any = None
@@ -143,7 +161,7 @@ class TurnCore(CoreBase):
             return self._usage
         return self._turn.usage if self._turn is not None else None
 
-    def final_messages(self) -> list[AgentSessionMessage]:
+    def final_messages(self) -> list[TurnMessage]:
         """The assistant messages of the turn that were completed, in order."""
         return [m for m in self._messages.values() if m is not None]
 
@@ -153,7 +171,7 @@ class TurnCore(CoreBase):
         parts = []
         for item_id, message in self._messages.items():
             if message is not None:
-                text = message.output_text
+                text = message_text(message)
             else:
                 text = "".join(t.value for (i, _), t in sorted(self._texts.items()) if i == item_id)
             if text:
@@ -176,7 +194,7 @@ class TurnCore(CoreBase):
     def replace_messages(self, items: Iterable[Any]) -> None:
         """Take the turn's items as read from the server (oldest first) as the authoritative
         messages: text lost with a dropped stream comes back in its place."""
-        fresh: dict[str, AgentSessionMessage | None] = {}
+        fresh: dict[str, TurnMessage | None] = {}
         for item in items:
             if item.type == "message" and item.role == "assistant" and item.id is not None:
                 fresh[item.id] = item
@@ -244,11 +262,8 @@ class TurnCore(CoreBase):
                 await self._other(event)
                 return
             turn: Turn = event.turn  # type: ignore[union-attr]
-            if name != lifecycle.TURN_CREATED and turn.status in (
-                "completed",
-                "failed",
-                "cancelled",
-            ):
+            ended = lifecycle.TURN_STATUS_STATE.get(turn.status) in lifecycle.TURN_TERMINAL_STATES
+            if name != lifecycle.TURN_CREATED and ended:
                 self._usage = getattr(event, "usage", None) or turn.usage
             await self._lifecycle(label, turn, event)
             return

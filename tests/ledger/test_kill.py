@@ -11,13 +11,15 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from runmachine.testing import Emulator, Faults, Scenario
+
+from ..processes import count as _count
+from ..processes import kill, wait_for_point
 
 HERE = Path(__file__).parent
 
@@ -46,30 +48,6 @@ def _env(emulator: Emulator, effects: Path, point: str | None = None) -> dict[st
     }
     env.pop("SHOP_POINT", None)
     return env
-
-
-def _count(effects: Path, tool: str) -> int:
-    path = effects / tool
-    return len(path.read_text().splitlines()) if path.exists() else 0
-
-
-def _wait_for_point(child: subprocess.Popen[str], point: str) -> tuple[str, str]:
-    """Read the child's stdout until it reports the kill point; a watchdog bounds the wait."""
-    watchdog = threading.Timer(60, child.kill)
-    watchdog.start()
-    try:
-        assert child.stdout is not None
-        for line in child.stdout:
-            if line.startswith("point "):
-                _, name, run_id, thread_id = line.split()
-                assert name == point
-                return run_id, thread_id
-        raise AssertionError(
-            f"the child ended (exit {child.wait()}) before point {point}: "
-            f"{child.stderr.read() if child.stderr else ''}"
-        )
-    finally:
-        watchdog.cancel()
 
 
 def _until(condition: object, what: str) -> None:
@@ -102,16 +80,11 @@ def test_kill_then_resume(emulator: Emulator, tmp_path: Path, point: str, backen
         text=True,
     )
     try:
-        run_id, _ = _wait_for_point(child, point)
+        run_id, _ = wait_for_point(child, point)
         if point == "during-submit":
             _until(lambda: emulator.run_stats(run_id).submissions_accepted == 1, "the submission")
     finally:
-        child.kill()  # SIGKILL: no handler, no cleanup, no flush
-        child.wait()
-        assert child.stdout is not None and child.stderr is not None
-        child.stdout.close()
-        child.stderr.close()
-    assert child.returncode == -9
+        kill(child)
 
     resumed = subprocess.run(
         [

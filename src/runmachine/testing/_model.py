@@ -40,13 +40,28 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar, cast
 
 import attrs
 
 JSON = dict[str, Any]
 
-ENDPOINTS = frozenset(
+#: The endpoints of the agent-sessions API (``runmachine.testing._sessions``).
+SESSION_ENDPOINTS = frozenset(
+    {
+        "create_session",
+        "retrieve_session",
+        "session_events",
+        "send_events",
+        "retrieve_turn",
+        "list_turns",
+        "list_items",
+        "list_turn_items",
+    }
+)
+
+#: Every endpoint an :class:`HTTPFault` can name.
+ENDPOINTS = SESSION_ENDPOINTS | frozenset(
     {
         "create_assistant",
         "retrieve_assistant",
@@ -130,7 +145,7 @@ class Faults:
 ToolCallSpec = tuple[str, str]  # (name, arguments as a JSON string)
 
 
-def _calls(calls: Iterable[tuple[str, Any]]) -> tuple[ToolCallSpec, ...]:
+def call_specs(calls: Iterable[tuple[str, Any]]) -> tuple[ToolCallSpec, ...]:
     out: list[ToolCallSpec] = []
     for name, args in calls:
         out.append((name, args if isinstance(args, str) else json.dumps(args)))
@@ -186,32 +201,48 @@ class AnswerOutputs:
 Op = Reply | ToolRound | Fail | Incomplete | Expire | Loop | Hang | AnswerOutputs
 
 
+BuilderT = TypeVar("BuilderT", bound="ScenarioBuilder")
+
+
+class ScenarioBuilder:
+    """The builders :class:`Scenario` and the agent-sessions ``TurnScenario`` share (attrs
+    classes with ``ops`` and ``faults``): each returns a new object, so that one scenario can
+    script many runs or turns."""
+
+    ops: tuple[Any, ...]
+
+    @classmethod
+    def text(cls: type[BuilderT], text: str, **kwargs: Any) -> BuilderT:
+        return cls(**kwargs).reply(text)
+
+    def _add(self: BuilderT, op: Any) -> BuilderT:
+        return cast(BuilderT, attrs.evolve(cast(Any, self), ops=(*self.ops, op)))
+
+    def reply(self: BuilderT, text: str) -> BuilderT:
+        return self._add(Reply(text))
+
+    def tool_round(self: BuilderT, calls: Iterable[tuple[str, Any]]) -> BuilderT:
+        return self._add(ToolRound(call_specs(calls)))
+
+    def fail(
+        self: BuilderT, code: str = "server_error", message: str = "Sorry, something went wrong."
+    ) -> BuilderT:
+        return self._add(Fail(code, message))
+
+    def hang(self: BuilderT) -> BuilderT:
+        return self._add(Hang())
+
+    def with_faults(self: BuilderT, faults: Any) -> BuilderT:
+        return cast(BuilderT, attrs.evolve(cast(Any, self), faults=faults))
+
+
 @attrs.frozen
-class Scenario:
-    """What the model does in one run (see the module docstring). Builders return new objects,
-    so one scenario can script many runs."""
+class Scenario(ScenarioBuilder):
+    """What the model does in one run (see the module docstring)."""
 
     ops: tuple[Op, ...] = ()
     ttl: float | None = None
-    faults: Faults = attrs.field(factory=Faults)
-
-    @classmethod
-    def text(cls, text: str, **kwargs: Any) -> Scenario:
-        return cls(**kwargs).reply(text)
-
-    def _add(self, op: Op) -> Scenario:
-        return attrs.evolve(self, ops=(*self.ops, op))
-
-    def reply(self, text: str) -> Scenario:
-        return self._add(Reply(text))
-
-    def tool_round(self, calls: Iterable[tuple[str, Any]]) -> Scenario:
-        return self._add(ToolRound(_calls(calls)))
-
-    def fail(
-        self, code: str = "server_error", message: str = "Sorry, something went wrong."
-    ) -> Scenario:
-        return self._add(Fail(code, message))
+    faults: Faults = attrs.field(factory=Faults, validator=attrs.validators.instance_of(Faults))
 
     def incomplete(self, reason: str = "max_completion_tokens") -> Scenario:
         return self._add(Incomplete(reason))
@@ -222,25 +253,35 @@ class Scenario:
     def loop(
         self, calls: Iterable[tuple[str, Any]], *, times: int | None = None, same_ids: bool = False
     ) -> Scenario:
-        return self._add(Loop(_calls(calls), times, same_ids))
-
-    def hang(self) -> Scenario:
-        return self._add(Hang())
-
-    def with_faults(self, faults: Faults) -> Scenario:
-        return attrs.evolve(self, faults=faults)
+        return self._add(Loop(call_specs(calls), times, same_ids))
 
 
-class Program:
-    """The cursor of one run through its operations."""
+ScenarioT = TypeVar("ScenarioT")
 
-    def __init__(self, ops: Sequence[Op]) -> None:
+
+class Pending(Generic[ScenarioT]):
+    """A scenario waiting for a run (or an agent-session turn), with its own request counters
+    for the faults of the request that will create it."""
+
+    def __init__(self, scenario: ScenarioT) -> None:
+        self.scenario = scenario
+        self.requests: dict[str, int] = {}
+
+
+OpT = TypeVar("OpT")
+
+
+class Program(Generic[OpT]):
+    """The cursor of one run (or session turn) through its operations: ``Loop`` operations
+    come out as one ``ToolRound`` per round."""
+
+    def __init__(self, ops: Sequence[OpT]) -> None:
         self._ops = list(ops)
         self._pc = 0
         self._loop_count = 0
         self._loop_ids: tuple[str, ...] | None = None
 
-    def next(self, new_ids: Any) -> Op | None:
+    def next(self, new_ids: Any) -> OpT | ToolRound | None:
         while self._pc < len(self._ops):
             op = self._ops[self._pc]
             if isinstance(op, Loop):
@@ -259,7 +300,7 @@ class Program:
             return op
         return None
 
-    def peek(self) -> Op | None:
+    def peek(self) -> OpT | None:
         return self._ops[self._pc] if self._pc < len(self._ops) else None
 
 

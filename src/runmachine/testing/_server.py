@@ -74,6 +74,7 @@ from runmachine.testing._model import (
     Incomplete,
     Loop,
     Op,
+    Pending,
     Program,
     Reply,
     Scenario,
@@ -81,6 +82,8 @@ from runmachine.testing._model import (
     answer_from_outputs,
     toy_program,
 )
+from runmachine.testing._sessions import SessionsAPI, SessionsState, TurnStats
+from runmachine.testing._turns import TurnFaults, TurnScenario
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -127,7 +130,7 @@ class _Run:
     """Mutable server-side record of one run (guarded by the emulator lock)."""
 
     def __init__(
-        self, data: JSON, scenario: Scenario | None, program: Program, deadline: float
+        self, data: JSON, scenario: Scenario | None, program: Program[Op], deadline: float
     ) -> None:
         self.data = data
         self.scenario = scenario
@@ -162,14 +165,6 @@ class _Run:
         return str(self.data["status"])
 
 
-class _Pending:
-    """A scenario waiting for a run, with its own request counters for the create faults."""
-
-    def __init__(self, scenario: Scenario) -> None:
-        self.scenario = scenario
-        self.requests: dict[str, int] = {}
-
-
 @attrs.frozen
 class _StreamPlan:
     drop_after: int | None
@@ -182,8 +177,9 @@ class _StreamPlan:
     error_shape: ErrorShape
 
 
-class Emulator:
-    """An in-process Assistants v2 server (see the module docstring and ``runmachine.testing``).
+class Emulator(SessionsAPI):
+    """An in-process Assistants v2 server (see the module docstring and ``runmachine.testing``),
+    which also serves the agent-sessions API (``runmachine.testing._sessions``).
 
     Options (all also settable as attributes; ``reset()`` restores the constructor's values):
     ``run_ttl`` seconds from creation to expiry (``expires_at = floor(created + ttl)``);
@@ -242,10 +238,11 @@ class Emulator:
         self._messages: dict[str, list[JSON]] = {}
         self._runs: dict[str, _Run] = {}
         self._thread_runs: dict[str, list[str]] = {}
-        self._queue: deque[_Pending] = deque()
-        self._scripts: dict[str, _Pending] = {}
+        self._queue: deque[Pending[Scenario]] = deque()
+        self._scripts: dict[str, Pending[Scenario]] = {}
         self._faults: list[HTTPFault] = []
         self._requests: dict[str, int] = {}
+        self._agent_sessions = SessionsState()
 
     # --- public control surface (called from the test's thread) ------------------------------
 
@@ -270,12 +267,12 @@ class Emulator:
     def enqueue(self, scenario: Scenario) -> None:
         """The next run created (on any thread, for any assistant) takes this scenario."""
         with self._lock:
-            self._queue.append(_Pending(scenario))
+            self._queue.append(Pending(scenario))
 
     def script(self, assistant_id: str, scenario: Scenario) -> None:
         """Every run of this assistant follows ``scenario`` (queued scenarios go first)."""
         with self._lock:
-            self._scripts[assistant_id] = _Pending(scenario)
+            self._scripts[assistant_id] = Pending(scenario)
 
     def inject(self, fault: HTTPFault) -> None:
         """An emulator-wide HTTP fault: ``nth`` counts requests to the endpoint across runs."""
@@ -305,10 +302,23 @@ class Emulator:
             self._refresh(run)
             return copy.deepcopy(run.data)
 
+    def enqueue_turn(self, scenario: TurnScenario) -> None:
+        """The next agent-session turn started (in any session) takes this scenario (FIFO)."""
+        self._enqueue_turn(scenario)
+
+    def turn_stats(self, turn_id: str) -> TurnStats:
+        """What the server saw of one agent-session turn."""
+        return self._turn_stats(turn_id)
+
+    def sessions_snapshot(self, session_id: str) -> JSON:
+        """The agent session as ``GET /v1/agents/sessions/{id}`` would answer it now."""
+        return self._session_snapshot(session_id)
+
     def reset(self) -> None:
         """Forget every object, scenario and fault, and restore the constructor's options."""
         with self._lock:
             runs = list(self._runs.values())
+            sessions = self._agent_sessions
             self._clear()
             for key, value in self._config.items():
                 setattr(self, key, value)
@@ -316,6 +326,7 @@ class Emulator:
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._abandon, runs)
+        self._on_loop(sessions.abandon)
 
     @property
     def option_names(self) -> frozenset[str]:
@@ -331,10 +342,12 @@ class Emulator:
                 run.listener = None
 
     def close_streams(self) -> None:
-        """End every open stream (called on the server loop before it stops)."""
+        """End every open stream (called on the server loop before it stops); agent-session
+        streams are cut, and their turns stop where they are, like the runs."""
         with self._lock:
             runs = list(self._runs.values())
         self._abandon(runs)
+        self._close_sessions()
 
     # --- state helpers (lock held) ------------------------------------------------------------
 
@@ -364,7 +377,7 @@ class Emulator:
             run.listener.put_nowait(_END)
             run.listener = None
 
-    def _take_scenario(self, assistant_id: str) -> _Pending | None:
+    def _take_scenario(self, assistant_id: str) -> Pending[Scenario] | None:
         if self._queue:
             return self._queue[0]
         return self._scripts.get(assistant_id)
@@ -731,6 +744,7 @@ class Emulator:
             Route(r + "/submit_tool_outputs", self._h_submit, methods=["POST"]),
             Route(r + "/steps", self._h_list_steps, methods=["GET"]),
             Route(r + "/steps/{step_id}", self._h_get_step, methods=["GET"]),
+            *self._session_routes(),
         ]
         return Starlette(
             routes=routes,
@@ -773,6 +787,17 @@ class Emulator:
             headers=self._headers(extra),
         )
 
+    def _event_stream(
+        self, queue: asyncio.Queue[Any], on_item: OnItem, detach: Callable[[], None]
+    ) -> Response:
+        """An SSE answer fed from ``queue`` (see :class:`_EventStream`)."""
+        stream = _EventStream(queue, self._headers(), self.keepalive_interval, on_item, detach)
+        return stream  # type: ignore[return-value]
+
+    def _aborted(self) -> Response:
+        """An answer cut after its headers (see :class:`_AbortedResponse`)."""
+        return _AbortedResponse(self._headers())  # type: ignore[return-value]
+
     def _fault_response(self, fault: HTTPFault) -> Response:
         extra: dict[str, str] = {}
         if fault.retry_after is not None:
@@ -790,7 +815,10 @@ class Emulator:
         return self._error(fault.status, f"Injected error {fault.status}.", extra=extra)
 
     def _check_faults(
-        self, endpoint: str, counters: dict[str, int] | None, faults: Faults | None
+        self,
+        endpoint: str,
+        counters: dict[str, int] | None,
+        faults: Faults | TurnFaults | None,
     ) -> Response | None:
         """Count the request (emulator-wide and, if given, per run/scenario) and answer it with
         an injected fault when one matches (lock held)."""
@@ -1397,23 +1425,30 @@ class _AbortedResponse:
         await send({"type": "http.response.body", "body": b"{", "more_body": True})
 
 
-class _SSEResponse:
-    """Server-sent events listening to one run segment, with the stream faults applied."""
+Out = Callable[[bytes], Awaitable[None]]
+#: What an :class:`_EventStream` does with one queued item: None to go on, True to end the
+#: body, False to cut the connection.
+OnItem = Callable[[Any, Out, asyncio.Event], Awaitable["bool | None"]]
+
+
+class _EventStream:
+    """A server-sent-events response fed from a queue: the headers, then whatever ``on_item``
+    writes for each queued item, with a ``: keep-alive`` comment after ``keepalive`` idle
+    seconds. It ends when ``on_item`` says so (``False`` cuts the connection: no final chunk)
+    or the client goes away; ``detach`` runs then."""
 
     def __init__(
         self,
         queue: asyncio.Queue[Any],
-        plan: _StreamPlan,
         headers: Mapping[str, str],
         keepalive: float,
-        run_id: str,
+        on_item: OnItem,
         detach: Callable[[], None],
     ) -> None:
         self._queue = queue
-        self._plan = plan
         self._headers = headers
         self._keepalive = keepalive
-        self._run_id = run_id
+        self._on_item = on_item
         self._detach = detach
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -1445,11 +1480,6 @@ class _SSEResponse:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _pump(self, send: Send, gone: asyncio.Event) -> bool:
-        """Send events until the segment ends (True) or a fault cuts the connection (False)."""
-        plan = self._plan
-        sent = 0
-        last_run_event: str | None = None
-
         async def out(chunk: bytes) -> None:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
@@ -1459,46 +1489,75 @@ class _SSEResponse:
             except asyncio.TimeoutError:
                 await out(b": keep-alive\n\n")
                 continue
-            if plan.drop_after == sent:
-                return False
-            if plan.error_event == sent:
-                error = {
-                    "code": "server_error",
-                    "message": _SERVER_ERROR,
-                    "param": None,
-                    "type": "server_error",
-                }
-                data = error if plan.error_shape == "bare" else {"error": error}
-                await out(_frame("error", ob.dumps(data)))
-                return True
-            if plan.unknown_event == sent:
-                await out(
-                    _frame(
-                        "thread.run.step.frobnicated",
-                        ob.dumps({"id": self._run_id, "object": "thread.run.step.frobnicated"}),
-                    )
-                )
-            if plan.malformed_data == sent:
-                await out(_frame("thread.message.delta", '{"id": "msg_broken", "delta": {'))
-            if plan.undecodable_data == sent:
-                await out(b'event: thread.message.delta\ndata: {"id": "\xff\xfe"}\n\n')
-            if plan.null_data == sent and last_run_event is not None:
-                await out(_frame(last_run_event, "null"))
-            if item is _END:
-                if plan.hold_open:
-                    while not gone.is_set():
-                        await out(b": keep-alive\n\n")
-                        with contextlib.suppress(asyncio.TimeoutError):
-                            await asyncio.wait_for(gone.wait(), timeout=self._keepalive)
-                    return False
-                await out(_frame("done", "[DONE]"))
-                return True
-            name, data = item
-            await out(_frame(name, ob.dumps(data)))
-            if name.startswith("thread.run.") and not name.startswith("thread.run.step."):
-                last_run_event = name
-            sent += 1
+            verdict = await self._on_item(item, out, gone)
+            if verdict is not None:
+                return verdict
         return False
+
+
+class _SSEResponse(_EventStream):
+    """Server-sent events listening to one run segment, with the stream faults applied."""
+
+    def __init__(
+        self,
+        queue: asyncio.Queue[Any],
+        plan: _StreamPlan,
+        headers: Mapping[str, str],
+        keepalive: float,
+        run_id: str,
+        detach: Callable[[], None],
+    ) -> None:
+        super().__init__(queue, headers, keepalive, self._run_item, detach)
+        self._plan = plan
+        self._run_id = run_id
+        self._sent = 0
+        self._last_run_event: str | None = None
+
+    async def _run_item(self, item: Any, out: Out, gone: asyncio.Event) -> bool | None:
+        """Send one event of the segment (None), or end the stream after the last one (True)
+        or where a fault cuts the connection (False)."""
+        plan = self._plan
+        sent = self._sent
+        if plan.drop_after == sent:
+            return False
+        if plan.error_event == sent:
+            error = {
+                "code": "server_error",
+                "message": _SERVER_ERROR,
+                "param": None,
+                "type": "server_error",
+            }
+            data = error if plan.error_shape == "bare" else {"error": error}
+            await out(_frame("error", ob.dumps(data)))
+            return True
+        if plan.unknown_event == sent:
+            await out(
+                _frame(
+                    "thread.run.step.frobnicated",
+                    ob.dumps({"id": self._run_id, "object": "thread.run.step.frobnicated"}),
+                )
+            )
+        if plan.malformed_data == sent:
+            await out(_frame("thread.message.delta", '{"id": "msg_broken", "delta": {'))
+        if plan.undecodable_data == sent:
+            await out(b'event: thread.message.delta\ndata: {"id": "\xff\xfe"}\n\n')
+        if plan.null_data == sent and self._last_run_event is not None:
+            await out(_frame(self._last_run_event, "null"))
+        if item is _END:
+            if plan.hold_open:
+                while not gone.is_set():
+                    await out(b": keep-alive\n\n")
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(gone.wait(), timeout=self._keepalive)
+                return False
+            await out(_frame("done", "[DONE]"))
+            return True
+        name, data = item
+        await out(_frame(name, ob.dumps(data)))
+        if name.startswith("thread.run.") and not name.startswith("thread.run.step."):
+            self._last_run_event = name
+        self._sent += 1
+        return None
 
 
 class _Clock:
