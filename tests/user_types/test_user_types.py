@@ -28,7 +28,7 @@ def test_a_users_program_passes_mypy_strict() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_mypy_rejects_a_misspelled_option_a_wrong_type_and_a_misspelled_attribute() -> None:
+def test_mypy_rejects_each_marked_mistake_on_its_line() -> None:
     path = HERE / "user_mistakes.py"
     expected = {
         number

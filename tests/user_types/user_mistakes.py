@@ -12,3 +12,8 @@ def build(client: openai.AsyncOpenAI) -> None:
     RunMachine(client, max_rounds="many")  # error: wrong type
     machine = RunMachine(client)
     print(machine.stat)  # error: misspelled attribute
+
+
+async def answer(machine: RunMachine) -> None:
+    await machine.resume(session_id="s", turn_id="t", approvals={"a": "maybe"})  # error: decision
+    await machine.resume(run_id="r", turn_id="t")  # error: a run and a turn at once

@@ -6,7 +6,8 @@ from typing import Literal
 
 import anyio
 import openai
-from openai.types.beta import AssistantStreamEvent
+from openai.types.beta import AgentSessionEvent, AssistantStreamEvent
+from openai.types.beta.agents.sessions.turn import Turn
 from openai.types.beta.threads import Run, Text, TextDelta
 
 from runmachine import RunMachine, RunResult, ToolCallRecord, TransitionRecord, tool
@@ -38,6 +39,9 @@ class Weather(RunMachine):
     def on_tool_error(self, tool_call: ToolCallRecord, error: BaseException) -> bool:
         return False
 
+    def on_approval_request(self, request: object) -> Literal["approve", "deny"] | None:
+        return "deny"
+
 
 async def main(client: openai.AsyncOpenAI) -> None:
     assistant = await client.beta.assistants.create(
@@ -55,6 +59,25 @@ async def main(client: openai.AsyncOpenAI) -> None:
             print(check.event)
     final: RunResult = events.result
     print(status, final.rounds, machine.state)
+
+    # The same machine drives agent-session turns.
+    first = await machine.create_session(
+        environment={"type": "none"}, agent={"model": "gpt-5"}, input="Rain in Paris?"
+    )
+    session_id: str | None = first.session_id
+    turn: Turn | None = first.turn
+    again = await machine.turn(session_id=session_id or "", input="And in Oslo?")
+    if again.status == "requires_action":
+        for request in again.pending_approvals:
+            print(request)
+        await machine.resume(
+            session_id=session_id or "", turn_id=again.turn_id or "", approvals={"apr_1": "deny"}
+        )
+    async with machine.stream(session_id=session_id or "", input="Thanks") as turn_events:
+        async for turn_event in turn_events:
+            seen: AgentSessionEvent = turn_event
+            print(seen.type)
+    print(turn, turn_events.result.turn_id)
 
 
 if __name__ == "__main__":
