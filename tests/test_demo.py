@@ -306,7 +306,10 @@ def test_sessions_demo_shows_rounds_parallel_calls_an_approval_and_the_turn_trac
     assert f"trace diagram (mermaid) written to {diagram}" in out
     text = diagram.read_text()
     assert "stateDiagram-v2" in text
-    assert "in_progress --> requires_action : agent.session.requires_action ×2" in text
+    assert (
+        "in_progress --> requires_action : agent.session.requires_action [requires a new round]"
+        " ×2" in text
+    )
     assert "in_progress --> completed : agent.session.turn.completed ×1" in text
     assert "thread.run." not in text
 

@@ -77,7 +77,40 @@ class _EmulatorHelp(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def _cmd_diagram(args: argparse.Namespace) -> int:
-    from runmachine.diagrams import FORMATS, GraphvizNotFound, draw_lifecycle
+    from runmachine.diagrams import (
+        FORMATS,
+        GraphvizNotFound,
+        draw_lifecycle,
+        format_for_path,
+        require_graphviz,
+    )
+
+    format: str = args.format or "mermaid"
+    if args.output is not None:
+        try:
+            from_name = format_for_path(args.output)
+        except ValueError as exc:
+            if args.format is None:
+                print(f"runmachine diagram: {exc}", file=sys.stderr)
+                return 2
+        else:
+            if args.format is not None and args.format != from_name:
+                print(
+                    f"runmachine diagram: --format {args.format} but {args.output} is named "
+                    f"for {from_name}; drop --format, or name the file for {args.format}",
+                    file=sys.stderr,
+                )
+                return 2
+            format = from_name
+    assert format in FORMATS
+    # Before any work (importing the class, drawing): a missing Graphviz, with the install line.
+    if format in ("svg", "png"):
+        try:
+            require_graphviz(format)
+        except GraphvizNotFound as exc:
+            print(f"runmachine diagram: {exc}", file=sys.stderr)
+            return 1
+
     from runmachine.ledger_cli import load_machine_class
     from runmachine.machine import RunMachine
 
@@ -88,9 +121,8 @@ def _cmd_diagram(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"runmachine diagram: {exc}", file=sys.stderr)
             return 2
-    assert args.format in FORMATS
     try:
-        drawing = draw_lifecycle(cls, format=args.format, backend=args.backend)
+        drawing = draw_lifecycle(cls, format=format, backend=args.backend, detail=args.detail)
     except GraphvizNotFound as exc:
         print(f"runmachine diagram: {exc}", file=sys.stderr)
         return 1
@@ -169,7 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw the lifecycle of RunMachine or of a subclass (module:Class) from its table",
         description="Draw the lifecycle of RunMachine or of a subclass (module:Class) from its "
         "table: an Assistants run's (the default), or with --backend sessions an agent-session "
-        "turn's, with the hooks the class defines written on their states.",
+        "turn's, with the hooks the class defines written on their states. The default view is "
+        "a statechart (the active states in one composite state, each rule they share one "
+        "arrow); --detail full draws one arrow per row.",
+        epilog="-o FILE takes the format from the file's name: .mmd or .mermaid (mermaid), "
+        ".dot or .gv (Graphviz text), .svg, .png. svg and png need Graphviz's dot program, "
+        "checked before anything is drawn.",
     )
     diagram.add_argument(
         "target", nargs="?", default=None, metavar="module:Class", help="default: RunMachine"
@@ -177,8 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     diagram.add_argument(
         "--format",
         choices=("mermaid", "dot", "svg", "png"),
-        default="mermaid",
-        help="svg and png need Graphviz's dot program",
+        default=None,
+        help="default: from -o FILE's extension, else mermaid; svg and png need Graphviz's dot",
+    )
+    diagram.add_argument(
+        "--detail",
+        choices=("readable", "full"),
+        default="readable",
+        help="readable: the statechart (default); full: one arrow per row of the table",
     )
     diagram.add_argument(
         "--backend",

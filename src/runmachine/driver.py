@@ -36,6 +36,10 @@ from openai.types.beta import AssistantStreamEvent
 from openai.types.beta.threads import Run
 
 from runmachine import lifecycle
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
 from runmachine.backends.base import (
     Backend,
     EventSource,
@@ -50,16 +54,28 @@ from runmachine.backends.base import (
 )
 from runmachine.core import CoreBase, RunCore, required_call_ids
 from runmachine.errors import (
+    HandedOff,
     HookError,
+    LeaseLost,
     LedgerError,
     RequiresActionLoop,
     RunAborted,
+    RunHeld,
     RunMachineError,
     ToolError,
     ToolFailed,
     TooManyRounds,
 )
-from runmachine.ledger import CallEntry, Ledger, RoundEntry, RunEntry, interrupted_message
+from runmachine.ledger import (
+    CallEntry,
+    Lease,
+    LeasedLedger,
+    Ledger,
+    RoundEntry,
+    RunEntry,
+    default_holder,
+    interrupted_message,
+)
 from runmachine.options import DriverOptions
 from runmachine.records import ToolCallRecord
 from runmachine.result import RunResult
@@ -114,7 +130,17 @@ class DriverBase:
         self.options = options
         self.tools = dict(tools)
         self.owner = owner
-        self.ledger = cast(Ledger, _Checked(ledger))
+        #: Whether the ledger coordinates holders; then every run is driven under a lease.
+        self.leased = isinstance(ledger, LeasedLedger)
+        self.lease: Lease | None = None
+        self.lease_lost: LeaseLost | None = None
+        self.renewed_at = 0.0
+        self.holder = options.lease_holder or default_holder()
+        #: ``hand_off()`` was called: stop driving, leave the run to another holder.
+        self.handing_off = False
+        self.scope: anyio.CancelScope | None = None
+        self.inner_ledger = ledger
+        self.ledger = cast(Ledger, _Checked(ledger, lambda: self.lease))
         self.machine_name = machine_name
         self.on_tool_error = on_tool_error
         self.sink = sink
@@ -437,9 +463,18 @@ class DriverBase:
 
     async def _guarded(self, work: Awaitable[None]) -> RunResult:
         """Run ``work``; whatever ends it early, cancel the server run before propagating. The
-        ledger gets the run's last status either way."""
+        ledger gets the run's last status either way, and the run's lease is released.
+
+        Two endings leave the server run alone: the run is not this driver's (held by another
+        holder, or its lease was taken over: ``RunHeld``, ``LeaseLost``), or ``hand_off()``
+        gave it up for another holder to take over."""
         try:
-            await work
+            await self._under_lease(work)
+        except (RunHeld, LeaseLost):
+            raise
+        except HandedOff:
+            await self._release(handoff=True)
+            raise
         except RunAborted as exc:
             if exc.result is None:
                 # Not through ``_abort`` (a DuplicateSubmission the core refused): the server
@@ -450,6 +485,7 @@ class DriverBase:
             else:
                 with anyio.CancelScope(shield=True):
                     await self._bounded_record_status()
+            await self._release()
             raise
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
@@ -461,9 +497,102 @@ class DriverBase:
                     f"answered for; it was found on its thread and cancelled (now "
                     f"{self.core.state})",
                 )
+            await self._release()
             raise
         await self._record_status()
+        await self._release()
         return self.result()
+
+    # ----------------------------------------------------------------------------------------
+    # Leases
+    # ----------------------------------------------------------------------------------------
+
+    async def _under_lease(self, work: Awaitable[None]) -> None:
+        """``work``, within a scope ``hand_off()`` cancels, with the lease renewed beside it
+        while it runs (when the ledger keeps leases). A lease that is lost stops the work and
+        raises ``LeaseLost``."""
+        with anyio.CancelScope() as self.scope:
+            if not self.leased:
+                await work
+                return
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._keep_lease, tg.cancel_scope)
+                    try:
+                        await work
+                    finally:
+                        tg.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                if len(group.exceptions) != 1:
+                    raise
+                inner = group.exceptions[0]
+                raise inner from inner.__cause__
+        if self.lease_lost is not None:
+            raise self.lease_lost
+        if self.handing_off:
+            core = self.core
+            raise HandedOff(
+                f"{self.noun} {core.run_id or '(not created yet)'} was handed off in state "
+                f"{core.state}: it was not cancelled, and its lease is released for another "
+                "holder to take it over"
+            )
+
+    async def _claim(self, run_id: str | None, scope_id: str | None) -> None:
+        """Take the lease on ``run_id`` once it is known (``RunHeld`` if another holder has it)."""
+        if not self.leased or self.lease is not None or run_id is None:
+            return
+        self.lease = await self.ledger.claim(  # type: ignore[attr-defined]
+            run_id,
+            self.holder,
+            self.options.lease_ttl,
+            thread_id=scope_id or "",
+            machine=self.machine_name,
+        )
+        self.renewed_at = anyio.current_time()
+
+    async def _keep_lease(self, work: anyio.CancelScope) -> None:
+        """Renew the lease every third of its time to live. Taken over (``LeaseLost``), or not
+        renewed before it runs out (the ledger unreachable): stop the work."""
+        ttl = self.options.lease_ttl
+        ledger = cast(LeasedLedger, self.inner_ledger)
+        while True:
+            await anyio.sleep(ttl / 3)
+            lease = self.lease
+            if lease is None:
+                continue
+            try:
+                self.lease = await ledger.renew(lease, ttl)
+                self.renewed_at = anyio.current_time()
+            except LeaseLost as exc:
+                self.lease_lost = exc
+            except Exception as exc:
+                if anyio.current_time() - self.renewed_at < ttl:
+                    continue  # a short outage: try again; the lease still holds
+                self.lease_lost = LeaseLost(
+                    f"the lease of {lease.holder} on run {lease.run_id} could not be renewed "
+                    f"within its {ttl} s ({type(exc).__name__}: {exc}); another holder may have "
+                    "taken the run over, so nothing more is done here"
+                )
+            if self.lease_lost is not None:
+                self.lease = None
+                work.cancel()
+                return
+
+    async def _release(self, *, handoff: bool = False) -> None:
+        """Give the lease up (shielded, bounded); a failure here only lets the lease expire."""
+        lease, self.lease = self.lease, None
+        if lease is None:
+            return
+        ledger = cast(LeasedLedger, self.inner_ledger)
+        with anyio.move_on_after(self.options.cancel_timeout, shield=True), suppress(Exception):
+            await ledger.release(lease, handoff=handoff)
+
+    def hand_off(self) -> None:
+        """Stop driving now and leave the run to another holder: the server run is not
+        cancelled, and its lease is released for any other holder to take over at once."""
+        self.handing_off = True
+        if self.scope is not None:
+            self.scope.cancel()
 
     async def _cleanup(self, error: BaseException) -> None:
         """Cancel the server run and record its last status, without ever masking ``error``:
@@ -593,6 +722,7 @@ class Driver(DriverBase):
                     f"resume(run_id={run_id!r}) needs thread_id: the ledger "
                     f"{self.ledger!r} has no record of that run"
                 )
+            await self._claim(run_id, scope)  # RunHeld, and nothing done, if it is held
             run, _ = await self._read_back(RunRef(run_id, scope))
             # Whatever the run said before now was not seen here: re-read it at the end.
             self.lost_content = True
@@ -629,6 +759,7 @@ class Driver(DriverBase):
     async def _continue(self) -> None:
         """From whatever state the core is in, go on until the run ends."""
         core = self.core
+        await self._claim(core.run_id, core.thread_id)
         while not core.is_finished:
             if core.cancel_requested and not self.cancel_sent:
                 await self._send_cancel()
@@ -857,6 +988,8 @@ class Driver(DriverBase):
                     except StopAsyncIteration:
                         break
                     await feed(event)
+                    if self.lease is None and self.leased:
+                        await self._claim(core.run_id, core.thread_id)
                     if core.cancel_requested and not self.cancel_sent:
                         await self._send_cancel()
                     if event.event in lifecycle.LIFECYCLE_EVENTS:
@@ -1007,10 +1140,17 @@ class _Checked:
         "round_accepted": "round {1} of run {0} as accepted",
         "load": "run {0} (load)",
         "runs": "the runs (list)",
+        "claim": "a claim of run {0} by {1}",
     }
 
-    def __init__(self, ledger: Ledger) -> None:
+    #: The writes a lease fences.
+    _FENCED: ClassVar[frozenset[str]] = frozenset(
+        {"record_run", "call_started", "call_finished", "round_submitted", "round_accepted"}
+    )
+
+    def __init__(self, ledger: Ledger, lease: Callable[[], Lease | None] = lambda: None) -> None:
         self.inner = ledger
+        self._lease = lease
 
     def __repr__(self) -> str:
         return repr(self.inner)
@@ -1020,10 +1160,14 @@ class _Checked:
         what = self._WHAT.get(name)
         if what is None:
             return method
+        fenced = name in self._FENCED
 
-        async def checked(*args: Any) -> Any:
+        async def checked(*args: Any, **kwargs: Any) -> Any:
+            lease = self._lease() if fenced else None
             try:
-                return await method(*args)
+                if lease is not None:
+                    return await method(*args, lease=lease, **kwargs)
+                return await method(*args, **kwargs)
             except LedgerError:
                 raise
             except Exception as exc:

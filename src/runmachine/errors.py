@@ -6,6 +6,7 @@ end a driven run carry the partial result so that nothing observed so far is los
 
 from __future__ import annotations
 
+import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -14,7 +15,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DuplicateSubmission",
     "GraphvizNotFound",
+    "HandedOff",
     "HookError",
+    "LeaseLost",
     "LedgerError",
     "MachineBusy",
     "OptionError",
@@ -22,6 +25,7 @@ __all__ = [
     "RequiresActionLoop",
     "ResultConflict",
     "RunAborted",
+    "RunHeld",
     "RunMachineError",
     "TooManyRounds",
     "ToolError",
@@ -52,6 +56,34 @@ class LedgerError(RunMachineError):
 
     call_id: str | None = None
     output: str | None = None
+
+
+class RunHeld(LedgerError):
+    """The run is held by another holder's lease: it is being driven elsewhere. Nothing was
+    done to it."""
+
+    def __init__(self, run_id: str, holder: str, until: float) -> None:
+        self.run_id = run_id
+        self.holder = holder
+        self.until = until
+        when = datetime.datetime.fromtimestamp(until, datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        )
+        super().__init__(
+            f"run {run_id} is held by {holder} until {when} (its lease); it is being driven "
+            "there, and nothing was done to it here"
+        )
+
+
+class LeaseLost(LedgerError):
+    """This holder's lease on the run was taken over (it expired while this process was paused
+    or cut off, and another holder claimed the run): nothing more is recorded or submitted
+    here, and the run is left to its new holder."""
+
+
+class HandedOff(RunMachineError):
+    """``hand_off()`` stopped the drive: the run is left, not cancelled, for another holder to
+    take over (its lease was released for that)."""
 
 
 class ToolError(RunMachineError):

@@ -22,23 +22,35 @@ What the records guarantee (see the README's "Durability" section for the whole 
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-from runmachine.errors import LedgerError
+from runmachine import lifecycle
+from runmachine.errors import LeaseLost, LedgerError, RunHeld
 from runmachine.tools import error_output
 
 __all__ = [
+    "FINISHED",
     "TURN_MARK",
     "CallEntry",
+    "Claim",
+    "Lease",
+    "LeaseLost",
+    "LeasedLedger",
     "Ledger",
     "LedgerError",
     "MemoryLedger",
     "RoundEntry",
     "RunEntry",
+    "RunHeld",
+    "check_fence",
+    "default_holder",
     "interrupted_message",
     "interrupted_output",
     "split_machine",
@@ -106,6 +118,44 @@ class RunEntry:
         return max(numbers, default=0)
 
 
+@attrs.frozen
+class Lease:
+    """One holder's right to drive one run, until ``expires_at`` (Unix time on the ledger's own
+    clock: the database server's for ``PostgresLedger``). ``epoch`` grows with every claim of the
+    run: a write fenced by a lease whose epoch is no longer the run's is refused."""
+
+    run_id: str
+    holder: str
+    epoch: int
+    expires_at: float
+
+
+@attrs.frozen
+class Claim:
+    """One line of a run's claim audit: who held it, from when, until when (``released_at``, or
+    the lease's last ``expires_at`` when it was never released)."""
+
+    run_id: str
+    holder: str
+    epoch: int
+    claimed_at: float
+    expires_at: float
+    released_at: float | None = None
+
+    @property
+    def ended_at(self) -> float:
+        return self.released_at if self.released_at is not None else self.expires_at
+
+
+def default_holder() -> str:
+    """A holder name unique to this process and this call: host, process id, a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+#: Statuses of an entry whose run (or turn) is over: nobody needs to drive it any more.
+FINISHED: frozenset[str] = lifecycle.TERMINAL_STATES | lifecycle.TURN_TERMINAL_STATES
+
+
 @runtime_checkable
 class Ledger(Protocol):
     """Where the driver records tool calls and submissions. Every method is a coroutine; a write
@@ -145,6 +195,82 @@ class Ledger(Protocol):
         """Every run recorded, oldest first."""
 
 
+@runtime_checkable
+class LeasedLedger(Ledger, Protocol):
+    """A ledger that also coordinates holders: a run is driven by one holder at a time, under a
+    lease the driver claims, renews while it drives, and releases at the end. Every write of
+    the ``Ledger`` methods takes ``lease=``: when given, the write takes effect only if that
+    lease is still the run's (its epoch), checked in the same transaction, and raises
+    ``LeaseLost`` otherwise. Every ledger runmachine ships is one."""
+
+    async def record_run(
+        self, run_id: str, thread_id: str, status: str, machine: str, *, lease: Lease | None = None
+    ) -> None: ...
+
+    async def call_started(
+        self,
+        run_id: str,
+        call_id: str,
+        round: int,
+        name: str,
+        arguments: str,
+        *,
+        lease: Lease | None = None,
+    ) -> None: ...
+
+    async def call_finished(
+        self,
+        run_id: str,
+        call_id: str,
+        round: int,
+        name: str,
+        arguments: str,
+        output: str,
+        error: str | None,
+        *,
+        lease: Lease | None = None,
+    ) -> None: ...
+
+    async def round_submitted(
+        self, run_id: str, round: int, call_ids: frozenset[str], *, lease: Lease | None = None
+    ) -> None: ...
+
+    async def round_accepted(
+        self, run_id: str, round: int, *, lease: Lease | None = None
+    ) -> None: ...
+
+    async def claim(
+        self, run_id: str, holder: str, ttl: float, *, thread_id: str = "", machine: str = ""
+    ) -> Lease:
+        """Take the run for ``holder`` for ``ttl`` seconds (creating its entry if new). Raises
+        ``RunHeld`` when another holder's lease has not expired. Every claim is audited; a
+        holder's claim of a run it holds already bumps the epoch and ends its previous claim
+        in the audit (``released_at``)."""
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease:
+        """Extend ``lease`` by ``ttl`` seconds from now; ``LeaseLost`` if it is no longer the
+        run's."""
+
+    async def release(self, lease: Lease, *, handoff: bool = False) -> None:
+        """Give the run up. ``handoff=True``: the run is not done (a worker shutting down) and
+        any other holder may take it at once; otherwise nobody needs to (it ended, or it waits
+        on a person). Releasing a lease that is no longer the run's does nothing."""
+
+    async def lease_of(self, run_id: str) -> Lease | None:
+        """The run's current lease (expired or not), if it has one."""
+
+    async def claim_orphan(
+        self, holder: str, ttl: float, *, machines: Collection[str] | None = None
+    ) -> tuple[Lease, RunEntry] | None:
+        """Claim one run whose holder is gone (its lease expired, or was handed off) and whose
+        recorded status is not finished, oldest first (only runs recorded by one of
+        ``machines``, when given: machine names as recorded); ``None`` when there is none.
+        Holders calling this at once never get the same run."""
+
+    async def claims(self, run_id: str) -> list[Claim]:
+        """The run's claim audit, oldest first."""
+
+
 #: Appended to a ledger entry's machine name (``module:Class``) when the entry is an
 #: agent-session turn (its ``run_id`` the turn's, its ``thread_id`` the session's).
 TURN_MARK = "@sessions"
@@ -172,12 +298,15 @@ def interrupted_output(name: str) -> str:
 
 
 class MemoryLedger:
-    """The default ledger: plain dictionaries, for the life of the process."""
+    """The default ledger: plain dictionaries, for the life of the process. It keeps leases as
+    the durable ledgers do (one holder at a time, fenced writes), on this process's clock."""
 
     def __init__(self) -> None:
         self._runs: dict[str, dict[str, Any]] = {}
         self._calls: dict[str, dict[str, CallEntry]] = {}
         self._rounds: dict[str, dict[int, RoundEntry]] = {}
+        self._leases: dict[str, Lease] = {}
+        self._claims: dict[str, list[Claim]] = {}
 
     def _run(self, run_id: str) -> dict[str, Any]:
         run = self._runs.get(run_id)
@@ -194,7 +323,14 @@ class MemoryLedger:
             self._rounds[run_id] = {}
         return run
 
-    async def record_run(self, run_id: str, thread_id: str, status: str, machine: str) -> None:
+    def _fence(self, run_id: str, lease: Lease | None) -> None:
+        if lease is not None:
+            check_fence(run_id, lease, self._leases.get(run_id))
+
+    async def record_run(
+        self, run_id: str, thread_id: str, status: str, machine: str, *, lease: Lease | None = None
+    ) -> None:
+        self._fence(run_id, lease)
         run = self._run(run_id)
         run["thread_id"] = thread_id or run["thread_id"]
         run["machine"] = machine or run["machine"]
@@ -202,8 +338,16 @@ class MemoryLedger:
         run["updated_at"] = time.time()
 
     async def call_started(
-        self, run_id: str, call_id: str, round: int, name: str, arguments: str
+        self,
+        run_id: str,
+        call_id: str,
+        round: int,
+        name: str,
+        arguments: str,
+        *,
+        lease: Lease | None = None,
     ) -> None:
+        self._fence(run_id, lease)
         self._run(run_id)
         calls = self._calls[run_id]
         known = calls.get(call_id)
@@ -219,7 +363,10 @@ class MemoryLedger:
         arguments: str,
         output: str,
         error: str | None,
+        *,
+        lease: Lease | None = None,
     ) -> None:
+        self._fence(run_id, lease)
         self._run(run_id)
         calls = self._calls[run_id]
         known = calls.get(call_id)
@@ -230,13 +377,17 @@ class MemoryLedger:
             run_id, call_id, round, name, arguments, started, time.time(), output, error
         )
 
-    async def round_submitted(self, run_id: str, round: int, call_ids: frozenset[str]) -> None:
+    async def round_submitted(
+        self, run_id: str, round: int, call_ids: frozenset[str], *, lease: Lease | None = None
+    ) -> None:
+        self._fence(run_id, lease)
         self._run(run_id)
         rounds = self._rounds[run_id]
         if round not in rounds:
             rounds[round] = RoundEntry(run_id, round, frozenset(call_ids), time.time())
 
-    async def round_accepted(self, run_id: str, round: int) -> None:
+    async def round_accepted(self, run_id: str, round: int, *, lease: Lease | None = None) -> None:
+        self._fence(run_id, lease)
         self._run(run_id)
         rounds = self._rounds[run_id]
         entry = rounds.get(round)
@@ -262,3 +413,102 @@ class MemoryLedger:
     async def runs(self) -> list[RunEntry]:
         entries = [self._entry(run_id) for run_id in self._runs]
         return sorted(entries, key=lambda r: r.created_at)
+
+    # ----------------------------------------------------------------------------------------
+    # Leases
+    # ----------------------------------------------------------------------------------------
+
+    def _take(self, run_id: str, holder: str, ttl: float) -> Lease:
+        now = time.time()
+        current = self._leases.get(run_id)
+        if current is not None and current.holder != holder and current.expires_at > now:
+            raise RunHeld(run_id, current.holder, current.expires_at)
+        if current is not None and current.holder == holder:
+            self._audit(current, released_at=now)  # superseded by this holder's new claim
+        # Epochs never repeat, even after a lease was released: the audit remembers the last.
+        past = self._claims.get(run_id, [])
+        lease = Lease(run_id, holder, (past[-1].epoch if past else 0) + 1, now + ttl)
+        self._leases[run_id] = lease
+        self._claims.setdefault(run_id, []).append(
+            Claim(run_id, holder, lease.epoch, now, lease.expires_at)
+        )
+        return lease
+
+    async def claim(
+        self, run_id: str, holder: str, ttl: float, *, thread_id: str = "", machine: str = ""
+    ) -> Lease:
+        lease = self._take(run_id, holder, ttl)
+        fresh = run_id not in self._runs
+        run = self._run(run_id)
+        if fresh:
+            run["status"] = lifecycle.INITIAL_STATE
+        run["thread_id"] = thread_id or run["thread_id"]
+        run["machine"] = machine or run["machine"]
+        return lease
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease:
+        check_fence(lease.run_id, lease, self._leases.get(lease.run_id))
+        renewed = attrs.evolve(lease, expires_at=time.time() + ttl)
+        self._leases[lease.run_id] = renewed
+        self._audit(renewed, expires_at=renewed.expires_at)
+        return renewed
+
+    async def release(self, lease: Lease, *, handoff: bool = False) -> None:
+        current = self._leases.get(lease.run_id)
+        if not _same(lease, current):
+            return
+        now = time.time()
+        if handoff:
+            self._leases[lease.run_id] = attrs.evolve(lease, expires_at=now)
+        else:
+            del self._leases[lease.run_id]
+        self._audit(lease, released_at=now)
+
+    def _audit(
+        self, lease: Lease, *, expires_at: float | None = None, released_at: float | None = None
+    ) -> None:
+        claims = self._claims.get(lease.run_id, [])
+        for index, claim in enumerate(claims):
+            if claim.epoch == lease.epoch:
+                claims[index] = attrs.evolve(
+                    claim,
+                    expires_at=claim.expires_at if expires_at is None else expires_at,
+                    # A release keeps its first time (a hand-off, then a claim by the holder).
+                    released_at=claim.released_at if claim.released_at is not None else released_at,
+                )
+
+    async def lease_of(self, run_id: str) -> Lease | None:
+        return self._leases.get(run_id)
+
+    async def claim_orphan(
+        self, holder: str, ttl: float, *, machines: Collection[str] | None = None
+    ) -> tuple[Lease, RunEntry] | None:
+        now = time.time()
+        for entry in await self.runs():
+            if machines is not None and entry.machine not in machines:
+                continue
+            lease = self._leases.get(entry.run_id)
+            if lease is not None and lease.expires_at <= now and entry.status not in FINISHED:
+                return self._take(entry.run_id, holder, ttl), entry
+        return None
+
+    async def claims(self, run_id: str) -> list[Claim]:
+        return list(self._claims.get(run_id, []))
+
+
+def _same(lease: Lease, current: Lease | None) -> bool:
+    return current is not None and (current.epoch, current.holder) == (lease.epoch, lease.holder)
+
+
+def check_fence(run_id: str, lease: Lease, current: Lease | None) -> None:
+    """Raise ``LeaseLost`` unless ``lease`` is still the run's (``current``: its lease now)."""
+    if not _same(lease, current):
+        now_held = (
+            f"it is held by {current.holder} (epoch {current.epoch})"
+            if current is not None
+            else "it has no lease now"
+        )
+        raise LeaseLost(
+            f"the lease of {lease.holder} on run {run_id} (epoch {lease.epoch}) is no longer the "
+            f"run's: {now_held}; nothing was recorded"
+        )

@@ -6,7 +6,8 @@ ledger=SQLiteLedger(...))`` and resumes the run after a restart: recorded output
 without running their tools again, and a round the server already took is not submitted again.
 
 Exit status: 0 the run completed; 1 it ended otherwise, or a guard stopped it; 2 bad options or an
-unusable ledger; 3 the server could not be reached or refused a request.
+unusable ledger; 3 the server could not be reached or refused a request; 4 another holder's lease
+holds the run (``--wait`` waits for it to run out).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from runmachine.machine import RunMachine
 
 EXIT_OK, EXIT_NOT_COMPLETED, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
+#: Another holder's lease holds the run: it is being driven elsewhere (``--wait`` to wait).
+EXIT_HELD = 4
 
 
 def load_machine_class(target: str) -> type[RunMachine]:
@@ -78,7 +81,12 @@ def client_from(args: argparse.Namespace) -> openai.AsyncOpenAI:
 
 def add_arguments(sub: Any) -> None:
     runs = sub.add_parser("runs", help="list the runs a ledger file knows")
-    runs.add_argument("--ledger", required=True, metavar="FILE", help="a SQLiteLedger file")
+    runs.add_argument(
+        "--ledger",
+        required=True,
+        metavar="LEDGER",
+        help="a SQLiteLedger file or a postgresql:// DSN",
+    )
     runs.add_argument("--json", action="store_true", help="one JSON object per line")
     runs.set_defaults(func=cmd_runs)
 
@@ -91,10 +99,21 @@ def add_arguments(sub: Any) -> None:
         "2 bad options or an unusable ledger; 3 the server could not be reached or refused a "
         "request.",
     )
-    resume.add_argument("--ledger", required=True, metavar="FILE", help="a SQLiteLedger file")
+    resume.add_argument(
+        "--ledger",
+        required=True,
+        metavar="LEDGER",
+        help="a SQLiteLedger file or a postgresql:// DSN",
+    )
     resume.add_argument("run_id", metavar="RUN_ID")
     resume.add_argument("target", metavar="module:Class", help="the RunMachine subclass")
     resume.add_argument("--thread-id", help="default: the thread the ledger recorded")
+    resume.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another holder's lease holds the run (its process may have died), wait for "
+        "the lease to run out, then take the run over (default: say who holds it, and stop)",
+    )
     for decision in ("approve", "deny"):
         resume.add_argument(
             f"--{decision}",
@@ -105,9 +124,108 @@ def add_arguments(sub: Any) -> None:
         )
     add_client_arguments(resume)
     resume.set_defaults(func=cmd_resume)
+    add_worker_arguments(sub)
+
+
+def add_worker_arguments(sub: Any) -> None:
+    worker = sub.add_parser(
+        "worker",
+        help="take over the runs whose process died, and drive them to their end",
+        description="Find runs (and agent-session turns) of module:Class whose lease ran out "
+        "(their process died, was paused or cut off) and that are not finished, claim each, and "
+        "resume it to its end; SIGTERM or Ctrl-C hands the runs still driven off to other "
+        "workers (nothing is cancelled on the server).",
+    )
+    worker.add_argument(
+        "--ledger",
+        required=True,
+        metavar="LEDGER",
+        help="a SQLiteLedger file or a postgresql:// DSN",
+    )
+    worker.add_argument("target", metavar="module:Class", help="the RunMachine subclass")
+    worker.add_argument("--concurrency", type=int, default=8, help="runs driven at once (8)")
+    worker.add_argument("--holder", help="the name of this worker's leases (host:pid:random)")
+    worker.add_argument("--lease-ttl", type=float, default=30.0, help="seconds (30)")
+    worker.add_argument(
+        "--poll-interval", type=float, default=1.0, help="seconds between looks (1)"
+    )
+    add_client_arguments(worker)
+    worker.set_defaults(func=cmd_worker)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+
+    import anyio
+
+    from runmachine.errors import LedgerError
+    from runmachine.worker import run_worker
+
+    if args.concurrency < 1 or args.lease_ttl <= 0 or args.poll_interval <= 0:
+        print(
+            "runmachine worker: --concurrency must be at least 1, --lease-ttl and "
+            "--poll-interval positive",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        cls = load_machine_class(args.target)
+        ledger = _open_ledger(args.ledger)
+    except (ValueError, LedgerError, FileNotFoundError) as exc:
+        print(f"runmachine worker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def main() -> int:
+        stop = anyio.Event()
+
+        async def on_signals(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                task_status.started()
+                async for _ in signals:
+                    print("runmachine worker: stopping (handing the runs off)", flush=True)
+                    stop.set()
+                    return
+
+        async with client_from(args) as client, anyio.create_task_group() as tg:
+            await tg.start(on_signals)
+            # Said once SIGTERM is handled: from here on a stop hands the runs off.
+            print(f"runmachine worker: taking over {args.target} runs", flush=True)
+            stats = await run_worker(
+                cls,
+                ledger,
+                client,
+                concurrency=args.concurrency,
+                holder=args.holder,
+                lease_ttl=args.lease_ttl,
+                poll_interval=args.poll_interval,
+                stop=stop,
+            )
+            tg.cancel_scope.cancel()
+        print(
+            f"runmachine worker: took {stats.taken} run(s): {stats.finished} finished, "
+            f"{stats.failed} failed, {stats.lost} taken by others, {stats.handed_off} handed off",
+            flush=True,
+        )
+        return EXIT_OK
+
+    try:
+        return anyio.run(main)
+    finally:
+        ledger.close()
 
 
 def _open_ledger(path: str) -> Any:
+    """A ``postgresql://`` (or ``postgres://``) DSN opens a ``PostgresLedger``; anything else
+    names an existing ``SQLiteLedger`` file."""
+    if path.startswith(("postgresql://", "postgres://")):
+        from runmachine.ledger import LedgerError
+
+        try:
+            from runmachine.postgres_ledger import PostgresLedger
+        except ImportError as exc:
+            raise LedgerError(str(exc)) from exc
+        return PostgresLedger(path)
+
     from runmachine.sqlite_ledger import SQLiteLedger
 
     if not os.path.exists(path):
@@ -143,19 +261,38 @@ def cmd_runs(args: argparse.Namespace) -> int:
     except (LedgerError, FileNotFoundError) as exc:
         print(f"runmachine runs: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+    async def read() -> list[dict[str, Any]]:
+        rows = []
+        for entry in await ledger.runs():
+            row = describe(entry)
+            lease = await ledger.lease_of(entry.run_id) if hasattr(ledger, "lease_of") else None
+            row["holder"] = lease.holder if lease is not None else None
+            row["lease_expires_at"] = lease.expires_at if lease is not None else None
+            rows.append(row)
+        return rows
+
     try:
-        entries = anyio.run(ledger.runs)
+        rows = anyio.run(read)
     finally:
         ledger.close()
-    rows = [describe(e) for e in entries]
     if args.json:
         for row in rows:
             print(json.dumps(row))
         return EXIT_OK
     if not rows:
-        print(f"no runs in {args.ledger}")
+        print(f"no runs in {ledger!r}")
         return EXIT_OK
-    header = ("RUN / TURN", "IN", "STATUS", "ROUNDS", "CALLS", "MACHINE", "UPDATED")
+    header = ("RUN / TURN", "IN", "STATUS", "ROUNDS", "CALLS", "MACHINE", "HOLDER", "UPDATED")
+    now = time.time()
+
+    def holder(row: dict[str, Any]) -> str:
+        if row["holder"] is None:
+            return "-"
+        until = time.strftime("%H:%M:%S", time.localtime(row["lease_expires_at"]))
+        state = "until" if row["lease_expires_at"] > now else "expired at"
+        return f"{row['holder']} ({state} {until})"
+
     table = [header] + [
         (
             r["run_id"],
@@ -165,6 +302,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             f"{r['calls_finished']}/{r['calls']} done"
             + (f", {r['calls_failed']} failed" if r["calls_failed"] else ""),
             r["machine"],
+            holder(r),
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["updated_at"])),
         )
         for r in rows
@@ -179,7 +317,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     import anyio
     import openai
 
-    from runmachine.errors import RunAborted, RunMachineError
+    from runmachine.errors import RunAborted, RunHeld, RunMachineError
     from runmachine.ledger import LedgerError
 
     try:
@@ -190,6 +328,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     async def main() -> int:
+        while True:
+            try:
+                return await attempt()
+            except RunHeld as held:
+                if not args.wait:
+                    raise
+                print(f"runmachine resume: {held}; waiting for its lease to run out", flush=True)
+                await anyio.sleep(max(held.until - time.time(), 0.0) + 0.1)
+
+    async def attempt() -> int:
         entry = await ledger.load(args.run_id)
         is_turn = entry is not None and split_machine(entry.machine)[1]
         async with client_from(args) as client:
@@ -224,6 +372,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     try:
         return anyio.run(main)
+    except RunHeld as exc:
+        print(f"runmachine resume: {exc}", file=sys.stderr)
+        return EXIT_HELD
     except RunAborted as exc:
         print(f"runmachine resume: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_NOT_COMPLETED

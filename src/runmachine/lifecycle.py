@@ -693,7 +693,9 @@ def _build_turn_transitions() -> tuple[TransitionSpec, ...]:
     for source, events in TURN_SERVER_EVENT_TRANSITIONS.items():
         for event, dest in events.items():
             guards: tuple[str, ...] = ()
-            if source == SUBMITTING and event == SESSION_REQUIRES_ACTION:
+            if event == SESSION_REQUIRES_ACTION:
+                # The session's stream is live only: after a reconnect it may still deliver the
+                # listing of a round already answered. Only a round never handed over is news.
                 guards = ("requires_a_new_round",)
             rows.append(TransitionSpec(event, source, dest, guards))
     rows.append(

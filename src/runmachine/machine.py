@@ -44,7 +44,7 @@ from runmachine import lifecycle
 from runmachine.backends.assistants import AssistantsBackend, CreateRun, CreateThreadAndRun
 from runmachine.backends.sessions import SessionsBackend
 from runmachine.core import CoreBase, RunCore
-from runmachine.diagrams import draw_lifecycle
+from runmachine.diagrams import Detail, draw_lifecycle
 from runmachine.driver import Driver, EventStream
 from runmachine.engine import Engine, engine_for
 from runmachine.errors import MachineBusy, OptionError, RunMachineError
@@ -62,7 +62,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 if TYPE_CHECKING:
     from typing_extensions import Never
 
-__all__ = ["RunMachine"]
+__all__ = ["RunMachine", "importable_name"]
 
 STATE_HOOK_NAMES: tuple[str, ...] = tuple(
     f"on_{edge}_{state}" for state in lifecycle.STATES for edge in ("enter", "exit")
@@ -131,6 +131,8 @@ class RunMachine:
         recovery_attempts: int = 6,
         cancel_timeout: float = 10.0,
         turn_timeout: float | None = None,
+        lease_ttl: float = 30.0,
+        lease_holder: str | None = None,
         **unknown: Never,
     ) -> None:
         """``client``: an ``AsyncOpenAI`` or ``AsyncAzureOpenAI`` (needed to drive runs; not to
@@ -168,6 +170,8 @@ class RunMachine:
                 recovery_attempts=recovery_attempts,
                 cancel_timeout=cancel_timeout,
                 turn_timeout=turn_timeout,
+                lease_ttl=lease_ttl,
+                lease_holder=lease_holder,
             )
         except OptionError as exc:
             raise OptionError(f"{name}(): {exc}") from None
@@ -200,10 +204,19 @@ class RunMachine:
         return (*lifecycle.TRANSITIONS, *cls.extra_transitions)
 
     @classmethod
-    def diagram(cls, format: str = "mermaid", *, omit: Iterable[str] = ()) -> str | bytes:
-        """Draw this class's lifecycle: ``"mermaid"``, ``"dot"``, ``"svg"`` or ``"png"``;
+    def diagram(
+        cls,
+        format: str = "mermaid",
+        *,
+        omit: Iterable[str] = (),
+        detail: Detail = "readable",
+    ) -> str | bytes:
+        """Draw this class's lifecycle: ``"mermaid"``, ``"dot"``, ``"svg"`` or ``"png"``.
+
+        ``detail="readable"`` (the default) is a statechart, the active and the terminal states
+        each in a composite state; ``detail="full"`` draws one arrow per row of the table.
         ``omit`` names triggers whose rows are left out (``runmachine.diagrams.draw_lifecycle``)."""
-        return draw_lifecycle(cls, format=format, omit=omit)
+        return draw_lifecycle(cls, format=format, omit=omit, detail=detail)
 
     @classmethod
     def hooks(cls) -> frozenset[str]:
@@ -261,7 +274,7 @@ class RunMachine:
             "tools": self.tool_specs(),
             "owner": self,
             "ledger": self.ledger,
-            "machine_name": _importable_name(cls),
+            "machine_name": importable_name(cls),
             "on_tool_error": self.on_tool_error
             if "on_tool_error" in cls._runmachine_hooks
             else None,
@@ -624,6 +637,17 @@ class RunMachine:
         """Feed one stream event to the current run's core (without driving anything)."""
         await self.__core.feed(event)
 
+    def hand_off(self) -> bool:
+        """Stop driving the current run (or turn) at once and leave it to another process:
+        nothing is cancelled on the server, and its lease is released so that any other
+        holder (``runmachine worker``, a ``resume``) may take it over now. The entry point
+        that was driving it raises the cancellation of its task. False when nothing is driven.
+        """
+        if self.__driving is None:
+            return False
+        self.__driving.hand_off()
+        return True
+
     async def request_cancel(self) -> bool:
         """Record a local cancel request in the state machine (``RunCore.request_cancel``).
         Returns False when the state has nothing to cancel. Safe from hooks and from any task.
@@ -750,7 +774,7 @@ _PUBLIC_API: frozenset[str] = frozenset(
 ) | {"client", "ledger", "options"}
 
 
-def _importable_name(cls: type) -> str:
+def importable_name(cls: type) -> str:
     """``module:Class`` for the ledger, importable later: a class of a script run directly
     (``__main__``) is named after the script's file, as ``python -m`` would import it."""
     module = cls.__module__

@@ -82,10 +82,21 @@ class DriverOptions:
     failed submit) through transient failures, with back-off, before giving the run up."""
     cancel_timeout: float = attrs.field(default=10.0, validator=_seconds(positive=True))
     """Bound on the shielded ``runs.cancel`` made when a run is abandoned."""
+    lease_ttl: float = attrs.field(default=30.0, validator=_seconds(positive=True))
+    """With a ledger that keeps leases (every ledger runmachine ships): how long a run's lease
+    lasts unless renewed (it is renewed every third of it while the run is driven). A holder
+    that stops (killed, paused, cut off) loses the run to another after at most this long."""
+    lease_holder: str | None = attrs.field(default=None)
+    """The name this machine's leases are held under (``host:pid:random`` by default)."""
     turn_timeout: float | None = attrs.field(default=None)
     """Agent-session turns (which have no ``expires_at``): seconds a turn may take, from its
     start to its end, tools included. When they pass, the tools are stopped, the turn is
     cancelled on the server and ``TurnTimedOut`` is raised. ``None``: no limit."""
+
+    @lease_holder.validator
+    def _check_holder(self, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise OptionError(f"lease_holder must be a non-empty string or None, got {value!r}")
 
     @turn_timeout.validator
     def _check_turn_timeout(self, attribute: attrs.Attribute[Any], value: Any) -> None:

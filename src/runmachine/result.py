@@ -16,7 +16,7 @@ from openai.types.beta.threads import Message, Run
 from openai.types.beta.threads.run import Usage
 from openai.types.beta.threads.runs import RunStep
 
-from runmachine.diagrams import draw_trace
+from runmachine.diagrams import Detail, draw_trace
 from runmachine.lifecycle import State
 from runmachine.records import ToolCallRecord, TransitionRecord
 
@@ -58,14 +58,17 @@ class RunResult:
     ``mcp_approval_request``, ``computer_use_approval_request``). Answer them with
     ``resume(session_id=..., turn_id=..., approvals={request_id: "approve"})``."""
 
-    def diagram(self, format: str = "mermaid") -> str | bytes:
-        """Draw the path this run took on the lifecycle diagram (see ``runmachine.diagrams``)."""
+    def diagram(self, format: str = "mermaid", *, detail: Detail = "readable") -> str | bytes:
+        """Draw the path this run took on the lifecycle diagram (see ``runmachine.diagrams``):
+        by default on the readable statechart, its steps numbered in order on the arrows and the
+        states it never visited faded; ``detail="full"`` on the every-row drawing."""
         return draw_trace(
             self.transitions,
             final_state=self.status,
             error=self.error,
             format=format,
             backend="sessions" if self.session_id is not None else "assistants",
+            detail=detail,
         )
 
     @property

@@ -19,17 +19,28 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Literal, TypeVar
 
 import anyio.to_thread
 
-from runmachine.ledger import CallEntry, LedgerError, RoundEntry, RunEntry
+from runmachine import lifecycle
+from runmachine.errors import RunHeld
+from runmachine.ledger import (
+    FINISHED,
+    CallEntry,
+    Claim,
+    Lease,
+    LedgerError,
+    RoundEntry,
+    RunEntry,
+    check_fence,
+)
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: ``PRAGMA application_id`` of a ledger file: "rmLG".
 APPLICATION_ID = 0x726D4C47
 
@@ -64,8 +75,28 @@ CREATE TABLE rounds (
 );
 """
 
-#: Migrations from version N to N + 1, run in order on open. Empty while there is one version.
-_MIGRATIONS: dict[int, str] = {}
+#: Version 2: leases (one holder drives a run at a time) and their audit.
+_LEASES = """
+CREATE TABLE leases (
+    run_id     TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    epoch      INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE claims (
+    run_id      TEXT NOT NULL,
+    holder      TEXT NOT NULL,
+    epoch       INTEGER NOT NULL,
+    claimed_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL,
+    released_at REAL,
+    PRIMARY KEY (run_id, epoch)
+);
+"""
+_SCHEMA += _LEASES
+
+#: Migrations from version N to N + 1, run in order on open.
+_MIGRATIONS: dict[int, str] = {1: _LEASES}
 
 _HEADER = b"SQLite format 3\x00"
 
@@ -203,9 +234,22 @@ class SQLiteLedger:
             db.execute("COMMIT")
             return value
 
-    async def _write(self, work: Callable[[sqlite3.Connection], object]) -> None:
+    async def _write(
+        self,
+        work: Callable[[sqlite3.Connection], object],
+        run_id: str = "",
+        lease: Lease | None = None,
+    ) -> None:
+        """One write transaction; with ``lease``, refused (``LeaseLost``) unless that lease is
+        still the run's, checked in the same transaction."""
+
+        def fenced(db: sqlite3.Connection) -> object:
+            if lease is not None:
+                check_fence(run_id, lease, _lease(db, run_id))
+            return work(db)
+
         # Not abandoned on cancel: a write either commits or fails before the caller goes on.
-        await anyio.to_thread.run_sync(self._call, work, True)
+        await anyio.to_thread.run_sync(self._call, fenced, True)
 
     async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         return await anyio.to_thread.run_sync(self._call, work, False)
@@ -219,7 +263,9 @@ class SQLiteLedger:
     # The Ledger protocol
     # ----------------------------------------------------------------------------------------
 
-    async def record_run(self, run_id: str, thread_id: str, status: str, machine: str) -> None:
+    async def record_run(
+        self, run_id: str, thread_id: str, status: str, machine: str, *, lease: Lease | None = None
+    ) -> None:
         now = time.time()
         await self._write(
             lambda db: db.execute(
@@ -229,11 +275,20 @@ class SQLiteLedger:
                 "machine = CASE WHEN excluded.machine = '' THEN machine ELSE excluded.machine END,"
                 " updated_at = excluded.updated_at",
                 (run_id, thread_id, status, machine, now, now),
-            )
+            ),
+            run_id,
+            lease,
         )
 
     async def call_started(
-        self, run_id: str, call_id: str, round: int, name: str, arguments: str
+        self,
+        run_id: str,
+        call_id: str,
+        round: int,
+        name: str,
+        arguments: str,
+        *,
+        lease: Lease | None = None,
     ) -> None:
         now = time.time()
         await self._write(
@@ -242,7 +297,9 @@ class SQLiteLedger:
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, call_id) DO UPDATE SET "
                 "started_at = excluded.started_at WHERE output IS NULL",
                 (run_id, call_id, round, name, arguments, now),
-            )
+            ),
+            run_id,
+            lease,
         )
 
     async def call_finished(
@@ -254,6 +311,8 @@ class SQLiteLedger:
         arguments: str,
         output: str,
         error: str | None,
+        *,
+        lease: Lease | None = None,
     ) -> None:
         now = time.time()
         await self._write(
@@ -262,27 +321,35 @@ class SQLiteLedger:
                 "ON CONFLICT (run_id, call_id) DO UPDATE SET finished_at = excluded.finished_at,"
                 " output = excluded.output, error = excluded.error WHERE output IS NULL",
                 (run_id, call_id, round, name, arguments, now, output, error),
-            )
+            ),
+            run_id,
+            lease,
         )
 
-    async def round_submitted(self, run_id: str, round: int, call_ids: frozenset[str]) -> None:
+    async def round_submitted(
+        self, run_id: str, round: int, call_ids: frozenset[str], *, lease: Lease | None = None
+    ) -> None:
         now = time.time()
         ids = json.dumps(sorted(call_ids))
         await self._write(
             lambda db: db.execute(
                 "INSERT INTO rounds VALUES (?, ?, ?, ?, NULL) ON CONFLICT DO NOTHING",
                 (run_id, round, ids, now),
-            )
+            ),
+            run_id,
+            lease,
         )
 
-    async def round_accepted(self, run_id: str, round: int) -> None:
+    async def round_accepted(self, run_id: str, round: int, *, lease: Lease | None = None) -> None:
         now = time.time()
         await self._write(
             lambda db: db.execute(
                 "UPDATE rounds SET accepted_at = ? "
                 "WHERE run_id = ? AND round = ? AND accepted_at IS NULL",
                 (now, run_id, round),
-            )
+            ),
+            run_id,
+            lease,
         )
 
     async def load(self, run_id: str) -> RunEntry | None:
@@ -294,6 +361,141 @@ class SQLiteLedger:
             return [e for e in (_load(db, i) for i in ids) if e is not None]
 
         return await self._read(everything)
+
+    # ----------------------------------------------------------------------------------------
+    # Leases
+    # ----------------------------------------------------------------------------------------
+
+    async def _leased(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await anyio.to_thread.run_sync(self._call, work, True)
+
+    async def claim(
+        self, run_id: str, holder: str, ttl: float, *, thread_id: str = "", machine: str = ""
+    ) -> Lease:
+        def take(db: sqlite3.Connection) -> Lease:
+            lease = _take(db, run_id, holder, ttl)
+            now = time.time()
+            db.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
+                "thread_id = CASE WHEN excluded.thread_id = '' THEN thread_id "
+                "ELSE excluded.thread_id END, "
+                "machine = CASE WHEN excluded.machine = '' THEN machine ELSE excluded.machine END",
+                (run_id, thread_id, lifecycle.INITIAL_STATE, machine, now, now),
+            )
+            return lease
+
+        return await self._leased(take)
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease:
+        def extend(db: sqlite3.Connection) -> Lease:
+            check_fence(lease.run_id, lease, _lease(db, lease.run_id))
+            until = time.time() + ttl
+            db.execute("UPDATE leases SET expires_at = ? WHERE run_id = ?", (until, lease.run_id))
+            db.execute(
+                "UPDATE claims SET expires_at = ? WHERE run_id = ? AND epoch = ?",
+                (until, lease.run_id, lease.epoch),
+            )
+            return Lease(lease.run_id, lease.holder, lease.epoch, until)
+
+        return await self._leased(extend)
+
+    async def release(self, lease: Lease, *, handoff: bool = False) -> None:
+        def give_up(db: sqlite3.Connection) -> None:
+            current = _lease(db, lease.run_id)
+            if current is None or (current.epoch, current.holder) != (lease.epoch, lease.holder):
+                return
+            now = time.time()
+            if handoff:
+                db.execute("UPDATE leases SET expires_at = ? WHERE run_id = ?", (now, lease.run_id))
+            else:
+                db.execute("DELETE FROM leases WHERE run_id = ?", (lease.run_id,))
+            db.execute(
+                _RELEASED,
+                (now, lease.run_id, lease.epoch),
+            )
+
+        await self._leased(give_up)
+
+    async def lease_of(self, run_id: str) -> Lease | None:
+        return await self._read(lambda db: _lease(db, run_id))
+
+    async def claim_orphan(
+        self, holder: str, ttl: float, *, machines: Collection[str] | None = None
+    ) -> tuple[Lease, RunEntry] | None:
+        finished = sorted(FINISHED)
+        wanted = sorted(machines) if machines is not None else None
+        only = f" AND runs.machine IN ({', '.join('?' * len(wanted))})" if wanted else ""
+
+        def take_one(db: sqlite3.Connection) -> tuple[Lease, RunEntry] | None:
+            if wanted == []:
+                return None
+            # BEGIN IMMEDIATE serialises claimers: no two get the same run.
+            row = db.execute(
+                "SELECT runs.run_id FROM runs JOIN leases ON leases.run_id = runs.run_id "
+                f"WHERE leases.expires_at <= ? AND runs.status NOT IN "
+                f"({', '.join('?' * len(finished))}){only} "
+                "ORDER BY runs.created_at, runs.rowid LIMIT 1",
+                (time.time(), *finished, *(wanted or ())),
+            ).fetchone()
+            if row is None:
+                return None
+            lease = _take(db, row[0], holder, ttl)
+            entry = _load(db, row[0])
+            assert entry is not None
+            return lease, entry
+
+        return await self._leased(take_one)
+
+    async def claims(self, run_id: str) -> list[Claim]:
+        return await self._read(
+            lambda db: [
+                Claim(*r)
+                for r in db.execute(
+                    "SELECT run_id, holder, epoch, claimed_at, expires_at, released_at "
+                    "FROM claims WHERE run_id = ? ORDER BY epoch",
+                    (run_id,),
+                )
+            ]
+        )
+
+
+#: A release keeps its first time (a hand-off, then a claim by the same holder).
+_RELEASED = (
+    "UPDATE claims SET released_at = COALESCE(released_at, ?) WHERE run_id = ? AND epoch = ?"
+)
+
+
+def _lease(db: sqlite3.Connection, run_id: str) -> Lease | None:
+    row = db.execute(
+        "SELECT run_id, holder, epoch, expires_at FROM leases WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    return Lease(*row) if row is not None else None
+
+
+def _take(db: sqlite3.Connection, run_id: str, holder: str, ttl: float) -> Lease:
+    """Claim the run for ``holder`` inside the open write transaction (see ``claim``)."""
+    now = time.time()
+    current = _lease(db, run_id)
+    if current is not None and current.holder != holder and current.expires_at > now:
+        raise RunHeld(run_id, current.holder, current.expires_at)
+    if current is not None and current.holder == holder:
+        db.execute(  # superseded by this holder's new claim
+            _RELEASED,
+            (now, run_id, current.epoch),
+        )
+    # Epochs never repeat, even after a lease row was deleted: the audit remembers the last one.
+    last = db.execute("SELECT MAX(epoch) FROM claims WHERE run_id = ?", (run_id,)).fetchone()[0]
+    lease = Lease(run_id, holder, (last or 0) + 1, now + ttl)
+    db.execute(
+        "INSERT INTO leases VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
+        "holder = excluded.holder, epoch = excluded.epoch, expires_at = excluded.expires_at",
+        (run_id, holder, lease.epoch, lease.expires_at),
+    )
+    db.execute(
+        "INSERT INTO claims VALUES (?, ?, ?, ?, ?, NULL)",
+        (run_id, holder, lease.epoch, now, lease.expires_at),
+    )
+    return lease
 
 
 def _script(db: sqlite3.Connection, script: str) -> None:

@@ -236,6 +236,7 @@ class TurnDriver(DriverBase):
 
     async def _adopt(self, turn_id: str) -> None:
         backend, sid, core = self.backend, self.session_id, self.core
+        await self._claim(turn_id, sid)  # RunHeld, and nothing done, if it is held
         await self._connect()
         turn = await self._read_through(
             lambda: backend.retrieve_turn(sid, turn_id), f"reading turn {turn_id} back"
@@ -263,12 +264,14 @@ class TurnDriver(DriverBase):
 
     async def _continue(self) -> None:
         core = self.core
+        await self._claim(core.turn_id, core.thread_id)
         while not core.is_finished:
             if core.cancel_requested and not self.cancel_sent:
                 await self._send_cancel()
             if core.state == lifecycle.REQUIRES_ACTION:
                 if await self._round():
-                    break  # left waiting on approvals nobody has answered
+                    await self._refresh_turn()  # left waiting: the turn as it is now
+                    break
             else:
                 await self._read_on()
         if self.lost_content and core.turn_id is not None:
@@ -290,7 +293,16 @@ class TurnDriver(DriverBase):
                     event = await self._events.__anext__()
                 except StopAsyncIteration:
                     raise StreamLost("the session's event stream ended") from None
+                before = core.state
                 await core.feed(event)
+                if (
+                    getattr(event, "type", None) == lifecycle.SESSION_REQUIRES_ACTION
+                    and core.state == before
+                    and before != lifecycle.REQUIRES_ACTION
+                ):
+                    await self._listed_again()
+                if self.lease is None and self.leased:
+                    await self._claim(core.turn_id, core.thread_id)
                 if core.cancel_requested and not self.cancel_sent:
                     await self._send_cancel()
                 await self._forward(event)
@@ -348,6 +360,50 @@ class TurnDriver(DriverBase):
             lambda: backend.retrieve_session(sid), f"reading session {sid} back"
         )
         await core.observe(turn, session)
+
+    async def _refresh_turn(self) -> None:
+        sid, turn_id = self.session_id, self.core.turn_id
+        if turn_id is not None:
+            turn = await self._read_through(
+                lambda: self.backend.retrieve_turn(sid, turn_id), f"reading turn {turn_id} back"
+            )
+            self.core.remember_turn(turn)
+
+    async def _listed_again(self) -> None:
+        """The stream listed a round this driver has answered (the core set it aside): old news
+        after a reconnect, most often. The session is read back; if it still waits on answers
+        it was given, they are sent once more under the same keys (the server applies each
+        once), and a second time is a loop."""
+        core = self.core
+        turn_id = core.turn_id
+        if turn_id is None:
+            return
+        sid = self.session_id
+        session = await self._read_through(
+            lambda: self.backend.retrieve_session(sid), f"reading session {sid} back"
+        )
+        core.remember_turn(None, session)
+        waiting = core.required_ids()
+        entry = await self.ledger.load(turn_id)
+        if not waiting or entry is None or waiting not in core.submitted_rounds:
+            return  # not waiting on answers it was given: nothing to do
+        if self.resubmitted[waiting] >= 1:
+            await self._abort(
+                RequiresActionLoop,
+                f"turn {turn_id} still waits on {sorted(waiting)} after their answers were "
+                "accepted twice; the turn was cancelled",
+            )
+        self.resubmitted[waiting] += 1
+        for action in core.actions():
+            known = entry.calls.get(action_id(action))
+            if known is None or known.output is None:
+                continue
+            if action.type == "function_call":
+                call = RequiredCall(action.call_id, action.name, _arguments(action.arguments))
+                event, key, what = self._result_event(turn_id, call, known.output, known.error)
+            else:
+                event, key, what = self._approval_event(turn_id, action, known.output)
+            await self._deliver(event, key, what)
 
     # ----------------------------------------------------------------------------------------
     # A round: everything the session requires of the turn
@@ -420,7 +476,8 @@ class TurnDriver(DriverBase):
             if core.state != lifecycle.REQUIRES_ACTION:
                 return False  # cancelled while the tools ran: nothing is sent
         decisions = await self._decide(approvals, round_no, entry)
-        answers = [self._result_event(turn_id, c, outputs[c.id]) for c in calls]
+        errors = {r.id: r.error for r in self.records}
+        answers = [self._result_event(turn_id, c, outputs[c.id], errors.get(c.id)) for c in calls]
         answers.extend(
             self._approval_event(turn_id, a, decisions[a.request_id])
             for a in approvals
@@ -452,15 +509,14 @@ class TurnDriver(DriverBase):
         return message
 
     def _result_event(
-        self, turn_id: str, call: RequiredCall, output: str
+        self, turn_id: str, call: RequiredCall, output: str, error: str | None
     ) -> tuple[dict[str, Any], str, str]:
-        record = next(r for r in reversed(self.records) if r.id == call.id)
         event: dict[str, Any] = {
             "type": "agent.session.input.tool_result",
             "turn_id": turn_id,
             "call_id": call.id,
         }
-        if record.error is None:
+        if error is None:
             event.update(success=True, output=output)
         else:
             event.update(success=False, error=_error_text(output))

@@ -8,7 +8,9 @@ lifecycle table, instead of searching the text for a few names.
 
 from __future__ import annotations
 
+import json
 import re
+import struct
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,6 +25,8 @@ _ID = r"[A-Za-z_][A-Za-z0-9_]*"
 _TEXT = r"[^;#:{}<>\"`|%\n]+"
 _STATEMENTS: dict[str, re.Pattern[str]] = {
     "direction": re.compile(r"direction (?P<dir>LR|RL|TB|BT)"),
+    "composite": re.compile(rf'state (?:"(?P<name>[^"\n]+)" as )?(?P<id>{_ID}) \{{'),
+    "close": re.compile(r"\}"),
     "alias": re.compile(rf'state "(?P<name>[^"\n]+)" as (?P<id>{_ID})'),
     "transition": re.compile(
         rf"(?P<src>\[\*\]|{_ID}) --> (?P<dst>\[\*\]|{_ID})(?: : (?P<label>{_TEXT}))?"
@@ -33,6 +37,7 @@ _STATEMENTS: dict[str, re.Pattern[str]] = {
     ),
     "class": re.compile(rf"class (?P<ids>{_ID}(?:,{_ID})*) (?P<name>{_ID})"),
     "description": re.compile(rf"(?P<id>{_ID}) : (?P<text>{_TEXT})"),
+    "declaration": re.compile(rf"(?P<id>{_ID})"),
 }
 _KEYWORDS = frozenset({"state", "note", "direction", "class", "classDef", "end", "as"})
 
@@ -54,18 +59,28 @@ class MermaidDiagram:
     descriptions: dict[str, list[str]] = field(default_factory=dict)
     notes: dict[str, list[str]] = field(default_factory=dict)
     classes: dict[str, set[str]] = field(default_factory=dict)
+    composites: dict[str, set[str]] = field(default_factory=dict)
+    """composite id -> the names of the states declared inside it."""
+    composite_labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def states(self) -> set[str]:
         return set(self.names.values())
+
+    def members(self, end: str) -> set[str]:
+        """The states an end of a transition stands for: a composite's members, or itself."""
+        return self.composites.get(end, {end})
 
 
 def parse_mermaid(text: str) -> MermaidDiagram:
     """Check ``text`` against the ``stateDiagram-v2`` grammar subset and read it.
 
     Raises ``MermaidSyntaxError`` on the first line that is not a statement of the subset, on a
-    class used before its ``classDef``, on an id that is a keyword, and on a note or class naming
-    a state that appears nowhere.
+    class used before its ``classDef``, on an id that is a keyword, on a note or class naming
+    a state that appears nowhere, on a composite state that is not closed (or a ``}`` that
+    closes none), and on a state declared in two composites. Composite states (``state X {``
+    ... ``}``) nest their statements four more spaces in; a transition may leave or enter a
+    composite by its id.
     """
     diagram = MermaidDiagram()
     lines = text.split("\n")
@@ -85,14 +100,20 @@ def parse_mermaid(text: str) -> MermaidDiagram:
         raise MermaidSyntaxError("the diagram does not start with 'stateDiagram-v2'")
     defined_classes: set[str] = set()
     pending_refs: list[str] = []
+    open_composites: list[str] = []
 
     def state(ident: str) -> str:
         if ident in _KEYWORDS:
             raise MermaidSyntaxError(f"{ident!r} is a keyword, not a state id")
+        if ident in diagram.composites:
+            return ident
+        if open_composites and ident not in diagram.names:
+            diagram.composites[open_composites[-1]].add(ident)
         return diagram.names.setdefault(ident, ident)
 
     for number, raw in enumerate(body[1:], start=2):
-        if not raw.startswith("    ") or raw != raw.rstrip():
+        indent = "    " * (len(open_composites) + (0 if raw.strip() == "}" else 1))
+        if not raw.startswith(indent) or raw[len(indent)] == " " or raw != raw.rstrip():
             raise MermaidSyntaxError(f"line {number}: bad indentation or trailing space: {raw!r}")
         line = raw.strip()
         found = next(
@@ -102,13 +123,31 @@ def parse_mermaid(text: str) -> MermaidDiagram:
         if found is None:
             raise MermaidSyntaxError(f"line {number}: not a stateDiagram-v2 statement: {line!r}")
         kind, match = found
-        if kind == "direction":
+        if kind == "composite":
+            ident = match.group("id")
+            if ident in diagram.names or ident in diagram.composites or ident in _KEYWORDS:
+                raise MermaidSyntaxError(f"line {number}: composite {ident!r} is already a state")
+            diagram.composites[ident] = set()
+            diagram.composite_labels[ident] = match.group("name") or ident
+            open_composites.append(ident)
+        elif kind == "close":
+            if not open_composites:
+                raise MermaidSyntaxError(f"line {number}: '}}' closes no composite state")
+            open_composites.pop()
+        elif kind == "declaration":
+            ident = match.group("id")
+            if open_composites and ident in diagram.names:
+                raise MermaidSyntaxError(f"line {number}: {ident!r} put in a composite after use")
+            state(ident)
+        elif kind == "direction":
             diagram.direction = match.group("dir")
         elif kind == "alias":
             ident = match.group("id")
             if ident in diagram.names:
                 raise MermaidSyntaxError(f"line {number}: {ident!r} aliased after use")
             diagram.names[ident] = match.group("name")
+            if open_composites:
+                diagram.composites[open_composites[-1]].add(ident)
         elif kind == "transition":
             src, dst, label = match.group("src"), match.group("dst"), match.group("label")
             if src == "[*]" and dst == "[*]":
@@ -136,9 +175,14 @@ def parse_mermaid(text: str) -> MermaidDiagram:
         elif kind == "description":
             text_ = match.group("text").strip()
             diagram.descriptions.setdefault(state(match.group("id")), []).append(text_)
+    if open_composites:
+        raise MermaidSyntaxError(f"composite state {open_composites[-1]!r} is not closed")
     for ident in pending_refs:
         if ident not in diagram.names:
             raise MermaidSyntaxError(f"{ident!r} is referenced but is not a state")
+    diagram.composites = {
+        name: {diagram.names[i] for i in ids} for name, ids in diagram.composites.items()
+    }
     # Classes and notes are keyed by id; report them by state name.
     diagram.classes = {
         name: {diagram.names[i] for i in ids} for name, ids in diagram.classes.items()
@@ -166,6 +210,56 @@ def parse_label(text: str) -> Label:
     return Label(words[0], guards, count)
 
 
+@dataclass(frozen=True)
+class ChartLabel:
+    """A label of the readable view: ``A [g and h] or B ×3 (steps 2, 6, 10)``."""
+
+    rules: tuple[tuple[str, tuple[str, ...]], ...]
+    """(trigger, guards) per rule; guards as identifiers (the drawing writes them in words)."""
+    count: int | None = None
+    steps: tuple[int, ...] = ()
+    rounds: dict[int, int] = field(default_factory=dict)
+    """step -> the tool round a submission at that step ended."""
+
+
+_CHART_STEPS = re.compile(r" ×(?P<count>[0-9]+) \((?P<steps>[^()]*)\)$")
+_CHART_RULE = re.compile(r"(?P<trigger>[^\s\[\]]+)(?: \[(?P<guards>[^\]]+)\])?")
+
+
+def parse_chart_label(text: str) -> ChartLabel:
+    """Read a readable-view label, in mermaid (one line) or Graphviz (wrapped) form."""
+    text = " ".join(text.split())
+    count: int | None = None
+    steps: list[int] = []
+    rounds: dict[int, int] = {}
+    found = _CHART_STEPS.search(text)
+    if found is not None:
+        text = text[: found.start()]
+        count = int(found.group("count"))
+        for item in found.group("steps").split(", "):
+            match = re.fullmatch(r"(?:round (?P<round>[0-9]+) at )?(?:steps? )?(?P<n>[0-9]+)", item)
+            if match is None:
+                raise ValueError(f"step list not understood: {found.group('steps')!r}")
+            steps.append(int(match.group("n")))
+            if match.group("round"):
+                rounds[int(match.group("n"))] = int(match.group("round"))
+        if len(steps) != count:
+            raise ValueError(f"×{count} but {len(steps)} steps listed")
+    rules = []
+    for part in text.split(" or "):
+        match = _CHART_RULE.fullmatch(part)
+        if match is None:
+            raise ValueError(f"label not understood: {part!r} in {text!r}")
+        guards = match.group("guards")
+        rules.append(
+            (
+                match.group("trigger"),
+                tuple(g.replace(" ", "_") for g in guards.split(" and ")) if guards else (),
+            )
+        )
+    return ChartLabel(tuple(rules), count, tuple(steps), rounds)
+
+
 # --------------------------------------------------------------------------------------------
 # Graphviz text
 # --------------------------------------------------------------------------------------------
@@ -184,6 +278,7 @@ class DotGraph:
     edges: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     clusters: dict[str, set[str]] = field(default_factory=dict)
     node_order: list[str] = field(default_factory=list)
+    cluster_attrs: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def _dot_tokens(text: str) -> list[tuple[str, str]]:
@@ -199,7 +294,7 @@ def _dot_tokens(text: str) -> list[tuple[str, str]]:
         value = match.group(kind)
         if kind == "string":
             value = re.sub(
-                r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value[1:-1]
+                r"\\(.)", lambda m: "\n" if m.group(1) in "nlr" else m.group(1), value[1:-1]
             )
         tokens.append((kind, value))
         position = match.end()
@@ -256,6 +351,8 @@ def parse_dot(text: str) -> DotGraph:
                 found = attr_list()
                 if word == "graph" and cluster is None:
                     graph.attrs.update(found)
+                elif word == "graph" and cluster is not None:
+                    graph.cluster_attrs.setdefault(cluster, {}).update(found)
             elif word == "subgraph":
                 sub = name()
                 take(value="{")
@@ -323,3 +420,75 @@ def read_svg(svg: str) -> SvgShape:
             edges[re.sub(r":(?:[nsew]{1,2}|c|_)(?=->|$)", "", title.text)] += 1
     texts = Counter((t.text or "") for t in root.iter(f"{SVG}text"))
     return SvgShape(nodes, edges, texts, outlines)
+
+
+# --------------------------------------------------------------------------------------------
+# A layout by dot (``dot -Tjson``) and a PNG's size
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DotLayout:
+    """What ``dot -Tjson`` laid out: the bounding box in points, clusters, nodes and edges with
+    their attributes, and the font size (points) of every text drawn on each edge and node."""
+
+    width: float
+    height: float
+    clusters: dict[str, set[str]]
+    cluster_attrs: dict[str, dict[str, str]]
+    nodes: dict[str, dict[str, str]]
+    edges: list[tuple[str, str, dict[str, str]]]
+    edge_text_sizes: list[float]
+    node_text_sizes: list[float]
+
+
+def _text_sizes(item: dict[str, object]) -> list[float]:
+    sizes = []
+    for key in ("_ldraw_", "_hldraw_", "_tldraw_"):
+        size = None
+        for op in item.get(key, []) or []:  # type: ignore[attr-defined]
+            if op["op"] == "F":
+                size = float(op["size"])
+            elif op["op"] == "T" and size is not None:
+                sizes.append(size)
+    return sizes
+
+
+def read_dot_json(text: str) -> DotLayout:
+    data = json.loads(text)
+    _, _, width, height = (float(v) for v in data["bb"].split(","))
+    objects = data.get("objects", [])
+    nodes = {o["name"]: o for o in objects if "nodes" not in o}
+    by_id = {o["_gvid"]: o["name"] for o in objects if "nodes" not in o}
+    clusters = {
+        o["name"]: {by_id[i] for i in o.get("nodes", [])}
+        for o in objects
+        if "nodes" in o and o["name"].startswith("cluster")
+    }
+    cluster_attrs = {
+        o["name"]: {k: v for k, v in o.items() if isinstance(v, str)}
+        for o in objects
+        if "nodes" in o
+    }
+    edges = [
+        (by_id[e["tail"]], by_id[e["head"]], {k: v for k, v in e.items() if isinstance(v, str)})
+        for e in data.get("edges", [])
+    ]
+    return DotLayout(
+        width=width,
+        height=height,
+        clusters=clusters,
+        cluster_attrs=cluster_attrs,
+        nodes={n: {k: v for k, v in o.items() if isinstance(v, str)} for n, o in nodes.items()},
+        edges=edges,
+        edge_text_sizes=[s for e in data.get("edges", []) for s in _text_sizes(e)],
+        node_text_sizes=[s for o in nodes.values() for s in _text_sizes(o)],
+    )
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG")
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height

@@ -23,6 +23,9 @@ import openai
 
 from runmachine import RunMachine, SQLiteLedger, tool
 
+#: Short, so that a resume after the kill waits little for the dead process's lease.
+LEASE_TTL = 1.0
+
 POINTS = ("mid-charge", "mid-lookup", "before-submit", "during-submit", "after-accept", "none")
 
 
@@ -129,7 +132,7 @@ async def main(ledger_path: str, point: str) -> None:
         thread = await client.beta.threads.create(
             messages=[{"role": "user", "content": "call charge and lookup"}]
         )
-        machine = Shop(client, ledger=SQLiteLedger(ledger_path))
+        machine = Shop(client, ledger=SQLiteLedger(ledger_path), lease_ttl=LEASE_TTL)
         result = await machine.run(thread_id=thread.id, assistant_id=assistant.id)
         print(f"done {result.status} {result.run_id}", flush=True)
 

@@ -96,6 +96,7 @@ def test_kill_then_resume(emulator: Emulator, tmp_path: Path, point: str, backen
             str(ledger),
             run_id,
             "shop:Shop",
+            "--wait",  # the killed process's lease holds the run for up to a second more
         ],
         env=_env(emulator, effects),
         cwd=HERE,

@@ -18,13 +18,13 @@ def test_a_class_of_a_script_run_directly_is_named_after_the_script(tmp_path: Pa
         textwrap.dedent(
             """
             from runmachine import RunMachine
-            from runmachine.machine import _importable_name
+            from runmachine.machine import importable_name
 
             class Shop(RunMachine):
                 pass
 
             if __name__ == "__main__":
-                print(_importable_name(Shop))
+                print(importable_name(Shop))
             """
         )
     )

@@ -23,6 +23,9 @@ import openai
 
 from runmachine import RunMachine, SQLiteLedger, tool
 
+#: Short, so that a resume after the kill waits little for the dead process's lease.
+LEASE_TTL = 1.0
+
 POINTS = ("mid-charge", "mid-lookup", "before-submit", "after-accept", "none")
 
 
@@ -109,7 +112,7 @@ def _client(point: str) -> openai.AsyncOpenAI:
 async def main(ledger_path: str, point: str) -> None:
     os.environ["DESK_POINT"] = point
     async with _client(point) as client:
-        machine = Desk(client, ledger=SQLiteLedger(ledger_path))
+        machine = Desk(client, ledger=SQLiteLedger(ledger_path), lease_ttl=LEASE_TTL)
         result = await machine.create_session(
             environment={"type": "none"},
             agent={"model": "gpt-test"},

@@ -81,7 +81,7 @@ def test_kill_then_resume_a_turn(
     finally:
         kill(child)
 
-    out = _resume(emulator, effects, ledger, turn_id, "desk:Desk")
+    out = _resume(emulator, effects, ledger, turn_id, "desk:Desk", "--wait")
     assert f"turn {turn_id}: completed" in out
     charge_runs, lookup_runs, interrupted = EXPECTED[point]
     assert (_count(effects, "charge"), _count(effects, "lookup")) == (charge_runs, lookup_runs)
