@@ -412,10 +412,21 @@ SERVER_EVENT_TRANSITIONS: Final[Mapping[str, Mapping[str, str]]] = {
 }
 
 
-def _build_transitions() -> tuple[TransitionSpec, ...]:
+def _build_transitions(
+    server: Mapping[str, Mapping[str, str]],
+    cancellable: Iterable[str],
+    adoptable: Iterable[str],
+    event_guards: Callable[[str, str], tuple[str, ...]] = lambda source, event: (),
+) -> tuple[TransitionSpec, ...]:
+    """A table's rows: its server events (``event_guards(source, event)`` names their
+    guards), then the local triggers every table has: handing over the outputs, a submission
+    the server did not take, a cancel from each cancellable state, adopting in each state."""
     rows: list[TransitionSpec] = []
-    for source, events in SERVER_EVENT_TRANSITIONS.items():
-        rows.extend(TransitionSpec(event, source, dest) for event, dest in events.items())
+    for source, events in server.items():
+        rows.extend(
+            TransitionSpec(event, source, dest, event_guards(source, event))
+            for event, dest in events.items()
+        )
     rows.append(
         TransitionSpec(
             SUBMIT,
@@ -429,16 +440,17 @@ def _build_transitions() -> tuple[TransitionSpec, ...]:
             NOT_ACCEPTED, SUBMITTING, REQUIRES_ACTION, ("run_still_requires_the_same_round",)
         )
     )
-    rows.extend(TransitionSpec(CANCEL, source, CANCELLING) for source in CANCELLABLE_STATES)
+    rows.extend(TransitionSpec(CANCEL, source, CANCELLING) for source in cancellable)
     rows.extend(
-        TransitionSpec(ADOPT, PENDING, state, (f"run_status_is_{state}",))
-        for state in ADOPTABLE_STATES
+        TransitionSpec(ADOPT, PENDING, state, (f"run_status_is_{state}",)) for state in adoptable
     )
     return tuple(rows)
 
 
 #: The whole table, as data. The core builds its ``transitions`` machine from these rows.
-TRANSITIONS: Final[tuple[TransitionSpec, ...]] = _build_transitions()
+TRANSITIONS: Final[tuple[TransitionSpec, ...]] = _build_transitions(
+    SERVER_EVENT_TRANSITIONS, CANCELLABLE_STATES, ADOPTABLE_STATES
+)
 
 # --------------------------------------------------------------------------------------------
 # Reading the table
@@ -688,39 +700,16 @@ TURN_SERVER_EVENT_TRANSITIONS: Final[Mapping[str, Mapping[str, str]]] = {
 }
 
 
-def _build_turn_transitions() -> tuple[TransitionSpec, ...]:
-    rows: list[TransitionSpec] = []
-    for source, events in TURN_SERVER_EVENT_TRANSITIONS.items():
-        for event, dest in events.items():
-            guards: tuple[str, ...] = ()
-            if event == SESSION_REQUIRES_ACTION:
-                # The session's stream is live only: after a reconnect it may still deliver the
-                # listing of a round already answered. Only a round never handed over is news.
-                guards = ("requires_a_new_round",)
-            rows.append(TransitionSpec(event, source, dest, guards))
-    rows.append(
-        TransitionSpec(
-            SUBMIT,
-            REQUIRES_ACTION,
-            SUBMITTING,
-            ("outputs_match_required_calls", "round_not_submitted_before"),
-        )
-    )
-    rows.append(
-        TransitionSpec(
-            NOT_ACCEPTED, SUBMITTING, REQUIRES_ACTION, ("run_still_requires_the_same_round",)
-        )
-    )
-    rows.extend(TransitionSpec(CANCEL, source, CANCELLING) for source in TURN_ACTIVE_STATES)
-    rows.extend(
-        TransitionSpec(ADOPT, PENDING, state, (f"run_status_is_{state}",))
-        for state in TURN_ADOPTABLE_STATES
-    )
-    return tuple(rows)
+def _turn_event_guards(source: str, event: str) -> tuple[str, ...]:
+    # The session's stream is live only: after a reconnect it may still deliver the listing of
+    # a round already answered. Only a round never handed over is news.
+    return ("requires_a_new_round",) if event == SESSION_REQUIRES_ACTION else ()
 
 
 #: The turn's table, as data: the core of a turn builds its engine from these rows.
-TURN_TRANSITIONS: Final[tuple[TransitionSpec, ...]] = _build_turn_transitions()
+TURN_TRANSITIONS: Final[tuple[TransitionSpec, ...]] = _build_transitions(
+    TURN_SERVER_EVENT_TRANSITIONS, TURN_ACTIVE_STATES, TURN_ADOPTABLE_STATES, _turn_event_guards
+)
 
 
 def classify_turn_event(state: str, event: str) -> EventKind:

@@ -51,6 +51,8 @@ from runmachine.errors import (
 )
 from runmachine.testing import Emulator, Faults, HTTPFault, Scenario
 
+from ..strategies import Call, calls_st
+
 MAX_EXAMPLES = int(os.environ.get("RUNMACHINE_PROPERTY_EXAMPLES", "30"))
 """Per backend. The suite's default keeps the file well under 40 s on two cores; explore more
 with ``HYPOTHESIS_PROFILE=explore RUNMACHINE_PROPERTY_EXAMPLES=500``."""
@@ -100,8 +102,6 @@ class PropMachine(RunMachine):
 # Generated cases
 # ---------------------------------------------------------------------------------------------
 
-Call = tuple[str, str]  # (tool name, arguments as sent by the model)
-
 
 @attrs.frozen
 class Op:
@@ -147,26 +147,6 @@ class Case:
                 scenario = scenario.expire()
         return scenario.with_faults(self.faults)
 
-
-def _good_or_bad_call() -> st.SearchStrategy[Call]:
-    word = st.text(alphabet="abcxyz", min_size=1, max_size=6)
-    small = st.integers(min_value=-3, max_value=3)
-    good = st.one_of(
-        st.builds(lambda t: ("echo", json.dumps({"text": t})), word),
-        st.builds(lambda a, b: ("add", json.dumps({"a": a, "b": b})), small, small),
-    )
-    bad = st.one_of(
-        st.just(("explode", "{}")),
-        st.just(("slow", "{}")),
-        st.sampled_from(["no_such_tool", "get_weather"]).map(lambda n: (n, "{}")),
-        st.sampled_from(["echo", "add"]).map(lambda n: (n, '{"text": "ab')),  # not JSON
-        st.just(("add", json.dumps({"a": "one", "b": 2}))),  # does not match the schema
-        st.just(("echo", json.dumps({"txt": "x"}))),  # missing a required key
-    )
-    return st.one_of(good, good, bad)
-
-
-calls_st = st.lists(_good_or_bad_call(), min_size=1, max_size=4).map(tuple)
 
 segment_st = st.one_of(
     st.builds(lambda t: Op("reply", text=t), st.sampled_from(["Hi.", "Sunny, mild.", "Done!"])),

@@ -56,6 +56,8 @@ from runmachine import RunMachine, tool
 from runmachine.errors import RequiresActionLoop, RunAborted, TooManyRounds
 from runmachine.testing import Emulator, HTTPFault, TurnFaults, TurnScenario
 
+from ..strategies import Call, calls_st
+
 MAX_EXAMPLES = int(os.environ.get("RUNMACHINE_PROPERTY_EXAMPLES", "25"))
 """Per backend. The suite's default keeps the file under 40 s on two cores; explore more with
 ``HYPOTHESIS_PROFILE=explore RUNMACHINE_PROPERTY_EXAMPLES=200``."""
@@ -131,8 +133,6 @@ class PropMachine(RunMachine):
 # Generated cases
 # ---------------------------------------------------------------------------------------------
 
-Call = tuple[str, str]  # (tool name, arguments as sent by the agent)
-
 
 @attrs.frozen
 class Op:
@@ -183,27 +183,6 @@ class Case:
                 scenario = scenario.session_fail()
         return scenario.with_faults(self.faults)
 
-
-def _good_or_bad_call() -> st.SearchStrategy[Call]:
-    word = st.text(alphabet="abcxyz", min_size=1, max_size=6)
-    small = st.integers(min_value=-3, max_value=3)
-    good = st.one_of(
-        st.builds(lambda t: ("echo", json.dumps({"text": t})), word),
-        st.builds(lambda a, b: ("add", json.dumps({"a": a, "b": b})), small, small),
-    )
-    bad = st.one_of(
-        st.just(("explode", "{}")),
-        st.just(("slow", "{}")),
-        st.sampled_from(["no_such_tool", "get_weather"]).map(lambda n: (n, "{}")),
-        st.sampled_from(["echo", "add"]).map(lambda n: (n, '{"text": "ab')),  # not JSON
-        st.just(("add", json.dumps({"a": "one", "b": 2}))),  # does not match the schema
-        st.just(("echo", json.dumps({"txt": "x"}))),  # missing a required key
-    )
-    # Good calls weigh twice (one_of merges a repeated branch: it would weigh once).
-    return st.sampled_from([good, good, bad]).flatmap(lambda calls: calls)
-
-
-calls_st = st.lists(_good_or_bad_call(), min_size=1, max_size=4).map(tuple)
 
 approval_st = st.builds(
     lambda k, n: Op("approval", approval=k, name=n),
