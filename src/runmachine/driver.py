@@ -132,6 +132,9 @@ class DriverBase:
         self.owner = owner
         #: Whether the ledger coordinates holders; then every run is driven under a lease.
         self.leased = isinstance(ledger, LeasedLedger)
+        #: The ledger lives and dies with this process (``MemoryLedger``): its leases need no
+        #: expiry and no renewal, since no other process can take a run over.
+        self.local_leases = bool(getattr(ledger, "process_local", False))
         self.lease: Lease | None = None
         self.lease_lost: LeaseLost | None = None
         self.renewed_at = 0.0
@@ -512,7 +515,7 @@ class DriverBase:
         while it runs (when the ledger keeps leases). A lease that is lost stops the work and
         raises ``LeaseLost``."""
         with anyio.CancelScope() as self.scope:
-            if not self.leased:
+            if not self.leased or self.local_leases:
                 await work
                 return
             try:
@@ -544,7 +547,7 @@ class DriverBase:
         self.lease = await self.ledger.claim(  # type: ignore[attr-defined]
             run_id,
             self.holder,
-            self.options.lease_ttl,
+            math.inf if self.local_leases else self.options.lease_ttl,
             thread_id=scope_id or "",
             machine=self.machine_name,
         )

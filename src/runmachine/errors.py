@@ -66,9 +66,12 @@ class RunHeld(LedgerError):
         self.run_id = run_id
         self.holder = holder
         self.until = until
-        when = datetime.datetime.fromtimestamp(until, datetime.timezone.utc).isoformat(
-            timespec="seconds"
-        )
+        if until == float("inf"):
+            when = "it releases it (a lease of this process, without expiry)"
+        else:
+            when = datetime.datetime.fromtimestamp(until, datetime.timezone.utc).isoformat(
+                timespec="seconds"
+            )
         super().__init__(
             f"run {run_id} is held by {holder} until {when} (its lease); it is being driven "
             "there, and nothing was done to it here"

@@ -301,6 +301,10 @@ class MemoryLedger:
     """The default ledger: plain dictionaries, for the life of the process. It keeps leases as
     the durable ledgers do (one holder at a time, fenced writes), on this process's clock."""
 
+    #: Its leases cannot outlive this process: drivers claim them without expiry, and do not
+    #: renew them.
+    process_local = True
+
     def __init__(self) -> None:
         self._runs: dict[str, dict[str, Any]] = {}
         self._calls: dict[str, dict[str, CallEntry]] = {}
