@@ -470,7 +470,8 @@ class DriverBase:
 
         Two endings leave the server run alone: the run is not this driver's (held by another
         holder, or its lease was taken over: ``RunHeld``, ``LeaseLost``), or ``hand_off()``
-        gave it up for another holder to take over."""
+        gave it up for another holder to take over. A run that failed unfinished (it could not
+        be cancelled, or was never found) is handed off too, so that a worker takes it over."""
         try:
             await self._under_lease(work)
         except (RunHeld, LeaseLost):
@@ -479,31 +480,37 @@ class DriverBase:
             await self._release(handoff=True)
             raise
         except RunAborted as exc:
-            if exc.result is None:
-                # Not through ``_abort`` (a DuplicateSubmission the core refused): the server
-                # run has not been cancelled yet.
-                with anyio.CancelScope(shield=True):
-                    await self._cleanup(exc)
-                exc.result = self.result()
-            else:
-                with anyio.CancelScope(shield=True):
-                    await self._bounded_record_status()
-            await self._release()
+            try:
+                if exc.result is None:
+                    # Not through ``_abort`` (a DuplicateSubmission the core refused): the
+                    # server run has not been cancelled yet.
+                    with anyio.CancelScope(shield=True):
+                        await self._cleanup(exc)
+                    exc.result = self.result()
+                else:
+                    with anyio.CancelScope(shield=True):
+                        await self._bounded_record_status()
+            finally:
+                await self._release(handoff=not self.core.is_finished)
             raise
         except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await self._cleanup(exc)
-            if self.orphan is not None:
-                _add_note(
-                    exc,
-                    f"runmachine: the run this request created ({self.orphan}) was never "
-                    f"answered for; it was found on its thread and cancelled (now "
-                    f"{self.core.state})",
-                )
-            await self._release()
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._cleanup(exc)
+                if self.orphan is not None:
+                    _add_note(
+                        exc,
+                        f"runmachine: the run this request created ({self.orphan}) was never "
+                        f"answered for; it was found on its thread and cancelled (now "
+                        f"{self.core.state})",
+                    )
+            finally:
+                await self._release(handoff=not self.core.is_finished)
             raise
-        await self._record_status()
-        await self._release()
+        try:
+            await self._record_status()
+        finally:
+            await self._release()
         return self.result()
 
     # ----------------------------------------------------------------------------------------
@@ -513,32 +520,61 @@ class DriverBase:
     async def _under_lease(self, work: Awaitable[None]) -> None:
         """``work``, within a scope ``hand_off()`` cancels, with the lease renewed beside it
         while it runs (when the ledger keeps leases). A lease that is lost stops the work and
-        raises ``LeaseLost``."""
-        with anyio.CancelScope() as self.scope:
+        raises ``LeaseLost``, whatever the work was doing (its own error is chained)."""
+        scope = self.scope = anyio.CancelScope()
+        with scope:
             if not self.leased or self.local_leases:
                 await work
-                return
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._keep_lease, tg.cancel_scope)
-                    try:
-                        await work
-                    finally:
-                        tg.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                if len(group.exceptions) != 1:
+            else:
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._keep_lease, tg.cancel_scope)
+                        try:
+                            await work
+                        finally:
+                            tg.cancel_scope.cancel()
+                except BaseExceptionGroup as group:
+                    if len(group.exceptions) != 1:
+                        raise
+                    inner = group.exceptions[0]
+                    if self.lease_lost is not None:
+                        raise self.lease_lost from inner
+                    raise inner from inner.__cause__
+                except BaseException as exc:
+                    if self.lease_lost is not None and exc is not self.lease_lost:
+                        raise self.lease_lost from exc
                     raise
-                inner = group.exceptions[0]
-                raise inner from inner.__cause__
         if self.lease_lost is not None:
             raise self.lease_lost
-        if self.handing_off:
+        if self.handing_off and scope.cancelled_caught and not self.core.is_finished:
             core = self.core
             raise HandedOff(
                 f"{self.noun} {core.run_id or '(not created yet)'} was handed off in state "
                 f"{core.state}: it was not cancelled, and its lease is released for another "
                 "holder to take it over"
             )
+
+    async def _still_ours(self) -> bool:
+        """Whether the lease can still be shown to hold (renewed now, within a bound): before a
+        cleanup cancels the server run, since a holder whose lease ran out must not cancel the
+        run another holder drives now."""
+        if not self.leased or self.local_leases or self.lease is None:
+            return self.lease_lost is None
+        if self.lease_lost is not None:
+            return False
+        ledger = cast(LeasedLedger, self.inner_ledger)
+        ttl = self.options.lease_ttl
+        with anyio.move_on_after(min(ttl, self.options.cancel_timeout), shield=True):
+            try:
+                self.lease = await ledger.renew(self.lease, ttl)
+                self.renewed_at = anyio.current_time()
+                return True
+            except LeaseLost as exc:
+                self.lease_lost = exc
+                return False
+            except Exception:
+                return anyio.current_time() - self.renewed_at < ttl
+        return False
 
     async def _claim(self, run_id: str | None, scope_id: str | None) -> None:
         """Take the lease on ``run_id`` once it is known (``RunHeld`` if another holder has it)."""
@@ -554,8 +590,10 @@ class DriverBase:
         self.renewed_at = anyio.current_time()
 
     async def _keep_lease(self, work: anyio.CancelScope) -> None:
-        """Renew the lease every third of its time to live. Taken over (``LeaseLost``), or not
-        renewed before it runs out (the ledger unreachable): stop the work."""
+        """Renew the lease every third of its time to live, each renewal bounded by the time
+        the lease has left. Taken over (``LeaseLost``), or not confirmed before it runs out (the
+        ledger unreachable, or stalled): stop the work. The lost lease is kept, so every later
+        write is refused by its fence rather than sent unfenced."""
         ttl = self.options.lease_ttl
         ledger = cast(LeasedLedger, self.inner_ledger)
         while True:
@@ -563,23 +601,29 @@ class DriverBase:
             lease = self.lease
             if lease is None:
                 continue
-            try:
-                self.lease = await ledger.renew(lease, ttl)
-                self.renewed_at = anyio.current_time()
-            except LeaseLost as exc:
-                self.lease_lost = exc
-            except Exception as exc:
-                if anyio.current_time() - self.renewed_at < ttl:
-                    continue  # a short outage: try again; the lease still holds
+            sent = anyio.current_time()
+            left = ttl - (sent - self.renewed_at)
+            error: BaseException | None = None
+            with anyio.move_on_after(max(left, 0.0)):
+                try:
+                    self.lease = await ledger.renew(lease, ttl)
+                    self.renewed_at = sent
+                    continue
+                except LeaseLost as exc:
+                    self.lease_lost = exc
+                except Exception as exc:
+                    error = exc
+                    if anyio.current_time() - self.renewed_at < ttl:
+                        continue  # a short outage: try again; the lease still holds
+            if self.lease_lost is None:
+                cause = f"{type(error).__name__}: {error}" if error else "the ledger did not answer"
                 self.lease_lost = LeaseLost(
                     f"the lease of {lease.holder} on run {lease.run_id} could not be renewed "
-                    f"within its {ttl} s ({type(exc).__name__}: {exc}); another holder may have "
-                    "taken the run over, so nothing more is done here"
+                    f"within its {ttl} s ({cause}); another holder may have taken the run over, "
+                    "so nothing more is done here"
                 )
-            if self.lease_lost is not None:
-                self.lease = None
-                work.cancel()
-                return
+            work.cancel()
+            return
 
     async def _release(self, *, handoff: bool = False) -> None:
         """Give the lease up (shielded, bounded); a failure here only lets the lease expire."""
@@ -599,7 +643,15 @@ class DriverBase:
 
     async def _cleanup(self, error: BaseException) -> None:
         """Cancel the server run and record its last status, without ever masking ``error``:
-        a failure of the cleanup itself becomes a note on it."""
+        a failure of the cleanup itself becomes a note on it. A run whose lease cannot be shown
+        to hold any more is left alone: it may be another holder's now."""
+        if not await self._still_ours():
+            _add_note(
+                error,
+                "runmachine: the server run was not cancelled: this process's lease on it could "
+                "not be confirmed, so another holder may be driving it",
+            )
+            return
         try:
             await self._cancel_server_run()
         except Exception as exc:

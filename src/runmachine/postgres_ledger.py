@@ -178,10 +178,12 @@ class PostgresLedger:
         self.schema = schema
         try:
             params = conninfo_to_dict(dsn)
-        except psycopg.Error as exc:
+        except psycopg.Error:
+            # libpq's own message may quote any part of the DSN, its password too: not shown.
             raise LedgerError(
-                f"not a usable PostgreSQL DSN {_redact_text(dsn)!r}: {_redact_text(str(exc))}"
-            ) from exc
+                f"not a usable PostgreSQL DSN {_redact_text(dsn)!r}: libpq cannot parse it (check "
+                "its syntax and percent-encoding)"
+            ) from None
         self._password = str(params.get("password") or "")
         #: The DSN as shown: without its password.
         self.dsn = _redact(dsn, params)
@@ -740,7 +742,8 @@ def _ttl(ttl: float) -> float:
     return float(ttl)
 
 
-_URI = re.compile(r"^(postgres(?:ql)?://[^:/?#@]*):[^@/?#]*@")
+#: A URI's user and password, up to the last ``@`` before its path (a password may hold ``@``).
+_URI = re.compile(r"(postgres(?:ql)?://[^:/?#@]*):[^/?#]*@")
 _PASSWORD_WORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", re.IGNORECASE)
 
 

@@ -38,7 +38,14 @@ import anyio
 from openai.types.beta.threads import RequiredActionFunctionToolCall
 
 from runmachine import lifecycle
-from runmachine.backends.base import RequiredCall, StreamLost, is_refusal, is_transient, retry_after
+from runmachine.backends.base import (
+    RequiredCall,
+    StreamLost,
+    is_refusal,
+    is_server_answer,
+    is_transient,
+    retry_after,
+)
 from runmachine.backends.sessions import SessionsBackend, is_conflict, is_pending_call_race
 from runmachine.driver import DriverBase, ToolErrorPolicy, record_from
 from runmachine.errors import (
@@ -200,15 +207,23 @@ class TurnDriver(DriverBase):
                 f"session {sid} is {session.status}, not idle: a turn starts on an idle session "
                 "(resume(session_id=..., turn_id=...) picks up the turn under way)"
             )
-        await self._connect()  # subscribe before the input: the stream is live only
+        # Subscribe before the input: the stream is live only.
+        await self._read_through(self._connect, f"connecting to session {sid}")
         latest = await self._read_through(
             lambda: backend.latest_turn(sid), f"reading session {sid} back"
         )
         self.before_turn = latest.id if latest is not None else None
         message = {"type": "agent.session.input.message", "input": messages}
-        # From here on the server may have a turn of ours (even if the answer never comes).
+        # From here on the server may have a turn of ours (even if the answer never comes)...
         self.input_sent = True
-        await self._deliver(message, f"runmachine-input-{secrets.token_hex(16)}", "the input")
+        try:
+            await self._deliver(message, f"runmachine-input-{secrets.token_hex(16)}", "the input")
+        except Exception as exc:
+            if is_server_answer(exc) and not is_transient(exc):
+                # ...unless the server said no: then no turn is ours (another writer's turn,
+                # say), and nothing must be cancelled on the way out.
+                self.input_sent = False
+            raise
         await self._continue()
 
     async def _start_session(self, params: Mapping[str, Any]) -> None:
@@ -237,7 +252,10 @@ class TurnDriver(DriverBase):
     async def _adopt(self, turn_id: str) -> None:
         backend, sid, core = self.backend, self.session_id, self.core
         await self._claim(turn_id, sid)  # RunHeld, and nothing done, if it is held
-        await self._connect()
+        # The turn is on the server: a failure from here on cancels it (or hands it off).
+        core.run_id = turn_id
+        self.input_sent = True
+        await self._read_through(self._connect, f"connecting to session {sid}")
         turn = await self._read_through(
             lambda: backend.retrieve_turn(sid, turn_id), f"reading turn {turn_id} back"
         )

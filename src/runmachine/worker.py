@@ -24,7 +24,14 @@ import attrs
 import openai
 
 from runmachine.errors import HandedOff, LeaseLost, RunHeld
-from runmachine.ledger import TURN_MARK, LeasedLedger, RunEntry, default_holder, split_machine
+from runmachine.ledger import (
+    TURN_MARK,
+    Lease,
+    LeasedLedger,
+    RunEntry,
+    default_holder,
+    split_machine,
+)
 from runmachine.machine import RunMachine, importable_name
 from runmachine.result import RunResult
 
@@ -74,9 +81,22 @@ async def run_worker(
     slots = anyio.Semaphore(concurrency)
     driving: set[RunMachine] = set()
 
-    async def drive(entry: RunEntry) -> None:
-        machine = machine_class(client, ledger=ledger, lease_ttl=lease_ttl, lease_holder=name)
+    async def drive(lease: Lease, entry: RunEntry) -> None:
+        try:
+            machine = machine_class(client, ledger=ledger, lease_ttl=lease_ttl, lease_holder=name)
+        except Exception:
+            stats.failed += 1
+            log.exception("cannot make a %s for run %s", machine_class.__name__, entry.run_id)
+            await ledger.release(lease, handoff=True)
+            slots.release()
+            return
         driving.add(machine)
+        if stop.is_set():  # stopped while this run was being claimed: leave it to others
+            driving.discard(machine)
+            stats.handed_off += 1
+            await ledger.release(lease, handoff=True)
+            slots.release()
+            return
         try:
             if split_machine(entry.machine)[1]:
                 result = await machine.resume(session_id=entry.thread_id, turn_id=entry.run_id)
@@ -90,6 +110,9 @@ async def run_worker(
         except Exception:
             stats.failed += 1
             log.exception("run %s failed", entry.run_id)
+            # The machine's own lease (if it got one) was released by its driver; the worker's
+            # claim may still stand when it failed before that: leave the run to others.
+            await ledger.release(lease, handoff=True)
         else:
             stats.finished += 1
             if on_result is not None:
@@ -126,6 +149,6 @@ async def run_worker(
                     await stop.wait()
                 continue
             stats.taken += 1
-            tg.start_soon(drive, taken[1])
+            tg.start_soon(drive, *taken)
         # ``stopper`` hands off what is still driven; the drives end with HandedOff.
     return stats

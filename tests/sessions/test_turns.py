@@ -648,3 +648,47 @@ async def test_a_host_cancel_before_the_turn_was_seen_still_cancels_it(
     stats = emulator.turn_stats(turn.id)
     assert stats.status == "cancelled" and stats.cancels == 1
     assert machine.state == "cancelled"
+
+
+async def test_an_input_the_server_refused_cancels_nobody_elses_turn(
+    client: openai.AsyncOpenAI,
+    emulator: Emulator,
+    emulator_url: str,
+    new_session: NewSession,
+    anyio_backend: str,
+) -> None:
+    # Between this machine's idle check and its input, another writer starts a turn: the
+    # input is refused, and the other writer's turn must not be taken for ours and cancelled.
+    session_id = await new_session(Weather)
+    emulator.enqueue_turn(TurnScenario().hang())
+    started = False
+
+    async def other_writer_first(request: Any) -> None:
+        nonlocal started
+        if (
+            request.method == "POST"
+            and b"agent.session.input.message" in request.content
+            and not started
+        ):
+            started = True
+            await client.beta.agents.sessions.events.create(
+                session_id,
+                events=[
+                    {
+                        "type": "agent.session.input.message",
+                        "input": [
+                            {"role": "user", "content": [{"type": "input_text", "text": "x"}]}
+                        ],
+                    }
+                ],
+            )
+
+    http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [other_writer_first]})
+    async with openai.AsyncOpenAI(
+        base_url=emulator_url, api_key="test", http_client=http, max_retries=0
+    ) as mine:
+        with pytest.raises(openai.BadRequestError):
+            await Weather(mine).turn(session_id=session_id, input="go")
+    (theirs,) = (await client.beta.agents.sessions.turns.list(session_id)).data
+    stats = emulator.turn_stats(theirs.id)
+    assert stats.cancels == 0 and stats.status == "in_progress"
