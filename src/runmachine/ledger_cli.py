@@ -335,7 +335,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 if not args.wait:
                     raise
                 print(f"runmachine resume: {held}; waiting for its lease to run out", flush=True)
-                await anyio.sleep(max(held.until - time.time(), 0.0) + 0.1)
+                # The lease's expiry is on the ledger's clock (the database server's, for
+                # PostgresLedger), not this machine's.
+                clock = getattr(ledger, "clock", None)
+                now = await clock() if clock is not None else time.time()
+                await anyio.sleep(min(max(held.until - now, 0.0), 3600.0) + 0.1)
 
     async def attempt() -> int:
         entry = await ledger.load(args.run_id)
