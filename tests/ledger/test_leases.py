@@ -150,3 +150,37 @@ async def test_a_resume_that_cannot_read_the_run_hands_it_off_instead_of_strandi
     # Not cancelled (it could not be read), and not stranded: any worker may take it over now.
     taken = await ledger.claim_orphan("worker", 5)
     assert taken is not None and taken[0].run_id == run.id
+
+
+async def test_run_worker_takes_an_orphan_over_and_stops_when_told(
+    openai_client: openai.AsyncOpenAI, emulator: Emulator, tmp_path: Path
+) -> None:
+    # The library call, in this process, on asyncio and trio: an orphan of its class is
+    # driven to its end; one of another class is left alone; stop ends the loop.
+    from runmachine.machine import importable_name
+    from runmachine.worker import run_worker
+
+    ledger = SQLiteLedger(tmp_path / "runs.db")
+    thread_id, assistant_id = await _thread_and_assistant(openai_client)
+    emulator.enqueue(ROUND)
+    run = await openai_client.beta.threads.runs.create(
+        thread_id=thread_id, assistant_id=assistant_id
+    )
+    for run_id, machine in ((run.id, importable_name(Shop)), ("run_other", "elsewhere:Other")):
+        await ledger.record_run(run_id, thread_id, "queued", machine)
+        await ledger.release(await ledger.claim(run_id, "dead", 60), handoff=True)
+    stop = anyio.Event()
+    finished: list[str] = []
+
+    def on_result(entry: Any, result: Any) -> None:
+        finished.append(f"{entry.run_id}:{result.status}")
+        stop.set()
+
+    with anyio.fail_after(60):
+        stats = await run_worker(
+            Shop, ledger, openai_client, stop=stop, poll_interval=0.05, on_result=on_result
+        )
+    assert finished == [f"{run.id}:completed"]
+    assert (stats.taken, stats.finished, stats.failed) == (1, 1, 0)
+    other = await ledger.lease_of("run_other")
+    assert other is not None and other.holder == "dead"  # not its class: not taken
