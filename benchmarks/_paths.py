@@ -21,14 +21,14 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from typing import Any
+from typing import Any, Literal, get_args
 
 import anyio
 import httpx2
 import openai
 from openai.lib.streaming import AsyncAssistantEventHandler
 
-from runmachine import RunMachine, tool
+from runmachine import RunMachine, RunResult, tool
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
@@ -60,16 +60,36 @@ MARKS = Marks()
 TOOL_SLEEP = [0.1]
 
 
+Transport = Literal["httpx", "aiohttp"]
+TRANSPORTS: tuple[Transport, ...] = get_args(Transport)
+
+
 def make_client(
-    port: int, *, unlimited: bool = False, pool_timeout: float = 600
+    port: int,
+    *,
+    unlimited: bool = False,
+    pool_timeout: float = 600,
+    transport: Transport = "httpx",
 ) -> openai.AsyncOpenAI:
-    limits = (
-        httpx2.Limits(max_connections=None, max_keepalive_connections=None) if unlimited else None
-    )
+    """An SDK client of the replay server on ``port`` whose submit requests ``MARKS`` marks.
+
+    ``transport`` is the SDK's HTTP client: ``"httpx"``, its default
+    (``openai.DefaultAsyncHttpxClient``: httpx2, httpcore2, h11), or ``"aiohttp"``
+    (``openai.DefaultAioHttpClient``, the ``openai[aiohttp]`` extra; asyncio only). Both keep
+    the SDK's defaults (1,000 connections) unless ``unlimited``; ``pool_timeout`` bounds the wait
+    for a free connection (on aiohttp, connecting included: its ``ClientTimeout.connect``).
+    """
+    if transport not in TRANSPORTS:
+        raise ValueError(f"make_client: transport must be one of {TRANSPORTS}, not {transport!r}")
     kwargs: dict[str, Any] = {"event_hooks": {"request": [MARKS.on_request]}}
-    if limits is not None:
-        kwargs["limits"] = limits
-    http_client = openai.DefaultAsyncHttpxClient(**kwargs)
+    if unlimited:
+        # aiohttp's connector takes no limit (None) to mean its own default of 100, and 0 none.
+        most = 0 if transport == "aiohttp" else None
+        kwargs["limits"] = httpx2.Limits(max_connections=most, max_keepalive_connections=None)
+    if transport == "aiohttp":
+        http_client = openai.DefaultAioHttpClient(**kwargs)
+    else:
+        http_client = openai.DefaultAsyncHttpxClient(**kwargs)
     return openai.AsyncOpenAI(
         base_url=f"http://127.0.0.1:{port}/text/0/v1",
         api_key="bench",
@@ -229,13 +249,29 @@ class BenchNoMark(Bench):
     on_event = RunMachine.on_event  # type: ignore[assignment]
 
 
-async def runmachine(client: openai.AsyncOpenAI, **options: Any) -> int:
-    result = await BenchNoMark(client, **options).run(thread_id=THREAD, assistant_id=ASSISTANT)
-    assert result.status == "completed", result.status
+class ErrorPath(AssertionError):
+    """A measured run took an error path (a tool's error output, a run that did not complete):
+    its figures would not measure what the benchmark says they do."""
+
+
+def checked(result: RunResult) -> int:
+    """1 for a run that completed with every tool output a plain answer; else ``ErrorPath``."""
+    if result.status != "completed":
+        raise ErrorPath(f"run {result.run_id} ended {result.status}: {result.error}")
+    failed = [r for r in result.tool_calls if r.error is not None]
+    if failed:
+        raise ErrorPath(
+            f"run {result.run_id}: {len(failed)} tool call(s) got an error output, e.g. "
+            f"{failed[0].name}: {failed[0].error}"
+        )
     return 1
+
+
+async def runmachine(client: openai.AsyncOpenAI, **options: Any) -> int:
+    return checked(
+        await BenchNoMark(client, **options).run(thread_id=THREAD, assistant_id=ASSISTANT)
+    )
 
 
 async def runmachine_marked(client: openai.AsyncOpenAI, **options: Any) -> int:
-    result = await Bench(client, **options).run(thread_id=THREAD, assistant_id=ASSISTANT)
-    assert result.status == "completed", result.status
-    return 1
+    return checked(await Bench(client, **options).run(thread_id=THREAD, assistant_id=ASSISTANT))

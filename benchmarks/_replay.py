@@ -1,4 +1,5 @@
-"""A lean HTTP/1.1 server that replays recorded emulator streams, pre-rendered, byte for byte.
+"""A lean HTTP/1.1 server that replays recorded emulator streams, pre-rendered, byte for byte
+(but for their timestamps).
 
 Run as its own process (``python benchmarks/_replay.py RECORDING``): it prints its port on the
 first line of stdout and serves until its stdin closes. The benchmark clients point the SDK at
@@ -12,6 +13,12 @@ first line of stdout and serves until its stdin closes. The benchmark clients po
   events go out one per tick of a single process-wide ticker, ``pace_ms`` apart (one timer for
   every open stream, so thousands of paced streams cost one write each per tick).
 
+Every response carries a ``Date`` header, as a live server's do (the driver reads the server's
+clock from it), and the run objects' timestamps (``created_at``, ``expires_at``, ...) are
+re-stamped as each response starts, shifted by the time since the recording: a round's deadline
+is as far off as on a live server however long the benchmark has been running (the recording's
+own ``expires_at`` passes ten minutes after it was made).
+
 Responses use chunked transfer encoding so the SDK's connections stay alive between requests.
 Anything else is answered 404. Nothing is parsed from request bodies: the bytes are the
 emulator's, recorded by ``_record.py``.
@@ -22,8 +29,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pickle
+import re
 import sys
 import time
+from email.utils import formatdate
 from typing import Any
 
 DELTA = b"event: thread.message.delta\n"
@@ -33,6 +42,7 @@ HEAD = (
     b"content-type: text/event-stream; charset=utf-8\r\n"
     b"transfer-encoding: chunked\r\n"
     b"x-request-id: req_replay\r\n"
+    b"date: %s\r\n"
     b"\r\n"
 )
 NOT_FOUND_BODY = b'{"error":{"message":"not found","type":"invalid_request_error"}}'
@@ -43,13 +53,39 @@ NOT_FOUND = (
 )
 
 
+#: A Unix timestamp field of a run, step or message object, as the emulator writes it.
+STAMP = re.compile(rb'"([a-z_]+_at)":(\d{9,})')
+
+
 def _chunk(frame: bytes) -> bytes:
     return b"%x\r\n" % len(frame) + frame + b"\r\n"
 
 
+def _restamped(frame: bytes, shift: int) -> bytes:
+    return STAMP.sub(lambda m: b'"%s":%d' % (m[1], int(m[2]) + shift), frame)
+
+
 class Segment:
-    """One recorded stream, split for pacing: ``head`` before the first delta, the ``deltas``
-    (each with the non-delta frames that follow it up to the next delta), and the ``tail``."""
+    """One recorded stream, ready to serve at any time: its timestamps shifted by the time since
+    it was recorded (``at``), rendered once per second at most."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = frames
+        stamps = [int(m[2]) for f in frames for m in STAMP.finditer(f) if m[1] == b"created_at"]
+        self.recorded_at = max(stamps) if stamps else None
+        self._rendered: tuple[int, Rendered] | None = None
+
+    def at(self, now: float) -> Rendered:
+        shift = 0 if self.recorded_at is None else max(int(now) - self.recorded_at, 0)
+        if self._rendered is None or self._rendered[0] != shift:
+            frames = [_restamped(f, shift) for f in self.frames] if shift else self.frames
+            self._rendered = (shift, Rendered(frames))
+        return self._rendered[1]
+
+
+class Rendered:
+    """One stream's chunks, split for pacing: ``head`` before the first delta, then ``steps``
+    (each delta with the non-delta frames that follow it up to the next delta)."""
 
     def __init__(self, frames: list[bytes]) -> None:
         chunks = [_chunk(f) for f in frames]
@@ -142,16 +178,18 @@ class Server:
                     writer.write(NOT_FOUND)
                     continue
                 segment, pace = route
-                writer.write(HEAD)
+                now = time.time()
+                rendered = segment.at(now)
+                writer.write(HEAD % formatdate(now, usegmt=True).encode())
                 if pace:
-                    writer.write(segment.head)
+                    writer.write(rendered.head)
                     ticker = self.tickers.get(pace)
                     if ticker is None:
                         ticker = self.tickers[pace] = Ticker(pace / 1000)
-                    if segment.steps:
-                        await ticker.add(transport, segment.steps)
+                    if rendered.steps:
+                        await ticker.add(transport, rendered.steps)
                 else:
-                    for chunk in segment.all:
+                    for chunk in rendered.all:
                         writer.write(chunk)
                         if transport.get_write_buffer_size() > 65536:
                             await writer.drain()

@@ -244,6 +244,8 @@ async def _concurrently(path: Callable[[], Awaitable[int]], n: int) -> tuple[flo
         try:
             await path()
             done += 1
+        except _paths.ErrorPath:
+            raise  # the figures would measure another path: fail loudly
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}"[:200])
 

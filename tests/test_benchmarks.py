@@ -9,6 +9,9 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = {"asyncio", "trio"}
@@ -76,3 +79,49 @@ def test_quick_benchmarks_run_and_write_well_formed_results(tmp_path: Path) -> N
     assert ids == expected
     assert all(g["verdict"] in ("met", "missed") and g["measured"] for g in results["goals"])
     assert "| goal | backend | measured | verdict |" in proc.stdout
+
+
+def _bench_modules() -> tuple[Any, Any, Any]:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _paths
+    import _record
+    import run
+
+    return _paths, _record, run
+
+
+def _aged(recording: dict[str, list[list[bytes]]], seconds: int) -> dict[str, list[list[bytes]]]:
+    """The recording as if it had been made ``seconds`` ago."""
+    import re
+
+    def older(frame: bytes) -> bytes:
+        return re.sub(
+            rb'"([a-z_]+_at)":(\d{9,})', lambda m: b'"%s":%d' % (m[1], int(m[2]) - seconds), frame
+        )
+
+    return {k: [[older(f) for f in seg] for seg in segs] for k, segs in recording.items()}
+
+
+@pytest.mark.anyio
+async def test_a_replayed_round_is_never_past_its_deadline(tmp_path: Path) -> None:
+    """A benchmark that has run for longer than the recorded ``expires_at`` allows still measures
+    the plain path: the replay server re-stamps each run's times as it serves them. A run that
+    takes an error path anyway (here: a deadline margin larger than the run's whole life) fails
+    the benchmark loudly instead of being measured."""
+    _paths, _record, run = _bench_modules()
+    recording = _aged(_record.record(10, 10, 10), 3600)
+    server, port = run.start_server(recording, tmp_path)
+    client = _paths.make_client(port)
+    _paths.TOOL_SLEEP[0] = 0.001  # the tools of "tools64" each sleep, so a deadline can cut them
+    try:
+        tools = _paths.scenario(client, "tools64")
+        assert await _paths.runmachine_marked(tools) == 1
+        with pytest.raises(_paths.ErrorPath, match="got an error output.*expires_at"):
+            await _paths.runmachine_marked(tools, deadline_margin=3600)
+    finally:
+        await client.close()
+        assert server.stdin is not None
+        server.stdin.close()
+        server.wait(10)
+        assert server.stdout is not None
+        server.stdout.close()
