@@ -116,7 +116,7 @@ async def test_a_replayed_round_is_never_past_its_deadline(tmp_path: Path) -> No
     try:
         tools = _paths.scenario(client, "tools64")
         assert await _paths.runmachine_marked(tools) == 1
-        with pytest.raises(_paths.ErrorPath, match="got an error output.*expires_at"):
+        with pytest.raises(_paths.ErrorPath, match=r"got an error output.*expires_at"):
             await _paths.runmachine_marked(tools, deadline_margin=3600)
     finally:
         await client.close()
