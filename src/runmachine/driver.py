@@ -24,9 +24,9 @@ import json
 import math
 import sys
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack, nullcontext, suppress
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import anyio
@@ -130,6 +130,8 @@ class DriverBase:
         self.options = options
         self.tools = dict(tools)
         self.owner = owner
+        #: Each tool bound to ``owner``, made at its first call.
+        self.bound: dict[str, Callable[..., Any]] = {}
         #: Whether the ledger coordinates holders; then every run is driven under a lease.
         self.leased = isinstance(ledger, LeasedLedger)
         #: The ledger lives and dies with this process (``MemoryLedger``): its leases need no
@@ -152,10 +154,10 @@ class DriverBase:
         self.resubmitted: Counter[frozenset[str]] = Counter()
         self.rounds = 0
         self.identical = 0
-        self.last_signature: Counter[tuple[str, str]] | None = None
+        #: The calls of the round before (the loop guard compares the next one with them).
+        self.last_calls: list[RequiredCall] = []
         self.lost_content = False
         self.error: str | None = None
-        self.limiter = anyio.CapacityLimiter(options.tool_concurrency)
         self.failing: tuple[ToolCallRecord, BaseException] | None = None
         self.round_failed: BaseException | None = None
         self.round_scope: anyio.CancelScope | None = None
@@ -188,9 +190,8 @@ class DriverBase:
         noun = self.noun
         recorded = [entry.calls[c.id].round for c in calls if c.id in entry.calls]
         self.rounds = recorded[0] if recorded else max(self.rounds, entry.last_round) + 1
-        signature = Counter((c.name, _canonical(c.arguments)) for c in calls)
-        self.identical = self.identical + 1 if signature == self.last_signature else 1
-        self.last_signature = signature
+        last, self.last_calls = self.last_calls, calls
+        self.identical = self.identical + 1 if last and _same_calls(last, calls) else 1
         if self.rounds > self.options.max_rounds:
             self.rounds -= 1
             await self._abort(
@@ -203,7 +204,7 @@ class DriverBase:
             await self._abort(
                 RequiresActionLoop,
                 f"{noun} {subject_id} asked for the same tool calls "
-                f"({', '.join(sorted(n for n, _ in signature))}) in {self.identical} rounds in a "
+                f"({', '.join(sorted(c.name for c in calls))}) in {self.identical} rounds in a "
                 f"row, past max_identical_rounds={self.options.max_identical_rounds}; "
                 f"the {noun} was cancelled",
             )
@@ -266,20 +267,21 @@ class DriverBase:
                         f"no tool named {name!r}; known tools: {sorted(self.tools)}",
                     )
                 kwargs = spec.parse_arguments(arguments)
-                func = spec.bind(self.owner)
-                async with limiter:
-                    await core.call_hook("on_tool_started", started_arg(call))
-                    await ledger.call_started(run_id, call.id, round_no, name, arguments)
-                    started = starts[call.id] = time.monotonic()
-                    with anyio.fail_after(spec.timeout) if spec.timeout else _nothing():
-                        if spec.is_async:
-                            value = await func(**kwargs)
-                        else:
-                            in_threads.add(call.id)
-                            value = await anyio.to_thread.run_sync(
-                                lambda: func(**kwargs), abandon_on_cancel=True
-                            )
-                            in_threads.discard(call.id)
+                func = self.bound.get(name)
+                if func is None:
+                    func = self.bound[name] = spec.bind(self.owner)
+                await core.call_hook("on_tool_started", started_arg(call))
+                await ledger.call_started(run_id, call.id, round_no, name, arguments)
+                started = starts[call.id] = time.monotonic()
+                with anyio.fail_after(spec.timeout) if spec.timeout else _NO_LIMIT:
+                    if spec.is_async:
+                        value = await func(**kwargs)
+                    else:
+                        in_threads.add(call.id)
+                        value = await anyio.to_thread.run_sync(
+                            lambda: func(**kwargs), abandon_on_cancel=True
+                        )
+                        in_threads.discard(call.id)
                 output = encode_output(value)
                 finished = time.monotonic()
                 try:
@@ -339,15 +341,11 @@ class DriverBase:
                     results,
                 )
 
-        # The limit binds only when the round has more calls than it allows.
-        limiter = self.limiter if len(calls) > self.options.tool_concurrency else _NO_LIMIT
         with anyio.CancelScope(deadline=deadline) as self.round_scope:
             if len(calls) == 1:
                 await one(calls[0])
             else:
-                async with anyio.create_task_group() as tg:
-                    for call in calls:
-                        tg.start_soon(one, call)
+                await _fan_out(calls, one, self.options.tool_concurrency)
         self.round_scope = None
         if self.round_failed is not None:
             raise self.round_failed
@@ -754,6 +752,9 @@ class Driver(DriverBase):
         self.requested_at = 0.0
         #: The latest server timestamp of the run seen live (``created_at``, ``started_at``).
         self.run_clock: ServerTime | None = None
+        #: The stream that stopped at ``requires_action``, kept open until the next one is
+        #: answered (``_finish_tail``): its context and its events.
+        self._tail: tuple[AsyncExitStack, AsyncIterator[Any]] | None = None
 
     # ----------------------------------------------------------------------------------------
     # Entry points
@@ -764,7 +765,7 @@ class Driver(DriverBase):
         self.request, self.requested_at = request, time.time()
         if not self.options.stream:
             return await self._guarded(self._poll_path(request))
-        return await self._guarded(self._stream_path(request, time.time()))
+        return await self._guarded(self._closing_tail(self._stream_path(request, time.time())))
 
     async def resume(self, scope_id: str | None, run_id: str) -> RunResult:
         """Pick up run ``run_id`` (in ``scope_id``, or where the ledger says) and drive it."""
@@ -786,7 +787,16 @@ class Driver(DriverBase):
             await self.core.adopt(run)
             await self._continue()
 
-        return await self._guarded(adopt())
+        return await self._guarded(self._closing_tail(adopt()))
+
+    async def _closing_tail(self, work: Awaitable[None]) -> None:
+        """``work``, then close any stream it left open after ``requires_action``."""
+        try:
+            await work
+        except BaseException:
+            await self._finish_tail(drain=False)
+            raise
+        await self._finish_tail(drain=True)
 
     # ----------------------------------------------------------------------------------------
     # The main loop
@@ -1019,43 +1029,72 @@ class Driver(DriverBase):
         or ``requires_action`` event; HTTP errors before the first byte propagate. ``opened``
         is awaited once the server has answered 2xx, before the first event.
 
-        The event that decides (the run ended, or waits on tools) is acted on at once: what
-        follows it (``[DONE]`` and the end of the body, read so the connection can be reused)
-        is waited for ``TAIL_WAIT`` seconds at most, so a server that keeps the connection
-        open after it neither stalls a finished run nor keeps the tools from starting.
+        The event that decides (the run ended, or waits on tools) is acted on at once. What
+        follows it (``[DONE]`` and the end of the body, read so that the connection can be
+        reused) is waited for ``TAIL_WAIT`` seconds at most, so that a server that keeps the
+        connection open neither stalls a finished run nor delays a round: after a terminal
+        event, here; after ``requires_action``, once the next stream has been answered (the
+        round's tools and its submission go first, the previous stream's end is read after).
         """
         core = self.core
         feed = core.feed
         sink = self.sink
+        stack: AsyncExitStack | None = AsyncExitStack()
+        assert stack is not None
         try:
-            async with source as events:
-                if opened is not None:
-                    await opened()
-                iterator = events.__aiter__()
-                while True:
-                    if core.state in lifecycle.STREAM_MAY_END:
-                        with anyio.move_on_after(TAIL_WAIT):
-                            async for _ in iterator:
-                                pass  # nothing comes after the deciding event but its end
+            events = await stack.enter_async_context(source)
+            if opened is not None:
+                await opened()
+            await self._finish_tail(drain=True)
+            iterator = events.__aiter__()
+            while True:
+                if core.state in lifecycle.STREAM_MAY_END:
+                    if core.is_finished:
+                        await _drain(iterator)
                         break
-                    try:
-                        event = await iterator.__anext__()
-                    except StopAsyncIteration:
-                        break
-                    await feed(event)
-                    if self.lease is None and self.leased:
-                        await self._claim(core.run_id, core.thread_id)
-                    if core.cancel_requested and not self.cancel_sent:
-                        await self._send_cancel()
-                    if event.event in lifecycle.LIFECYCLE_EVENTS:
-                        self._saw_run_time(event.data)
-                    if sink is not None:
-                        await sink(event)
+                    # Waiting on tools: the stream stays open until the next one is answered.
+                    self._tail, stack = (stack, iterator), None
+                    return
+                try:
+                    event = await iterator.__anext__()
+                except StopAsyncIteration:
+                    break
+                await feed(event)
+                if self.lease is None and self.leased:
+                    await self._claim(core.run_id, core.thread_id)
+                if core.cancel_requested and not self.cancel_sent:
+                    await self._send_cancel()
+                if event.event in lifecycle.LIFECYCLE_EVENTS:
+                    self._saw_run_time(event.data)
+                if sink is not None:
+                    await sink(event)
         except StreamLost as exc:
             core.record_stream_error(exc.__cause__ if exc.__cause__ is not None else exc)
             raise
+        finally:
+            if stack is not None:
+                with anyio.CancelScope(shield=True):
+                    await stack.aclose()
         if core.state not in lifecycle.STREAM_MAY_END:
             raise StreamLost(f"the stream ended in state {core.state!r}")
+
+    async def _finish_tail(self, *, drain: bool) -> None:
+        """Close the stream left open after ``requires_action``, reading its end first
+        (``drain``, within ``TAIL_WAIT``) so that its connection goes back to the pool; a
+        failure of that stream is of no consequence any more."""
+        tail, self._tail = self._tail, None
+        if tail is None:
+            return
+        stack, iterator = tail
+        with anyio.CancelScope(shield=not drain):
+            try:
+                if drain:
+                    await _drain(iterator)
+            except Exception:  # the stream did its work: what becomes of it now is moot
+                pass
+            finally:
+                with anyio.CancelScope(shield=True), suppress(Exception):
+                    await stack.aclose()
 
     def _saw_run_time(self, run: Run) -> None:
         """A lifecycle event arrives as it happens: the run's newest timestamp is (to the second)
@@ -1211,14 +1250,16 @@ class _Checked:
         return repr(self.inner)
 
     def __getattr__(self, name: str) -> Any:
+        """The ledger's method ``name``, checked; made once per name (then found directly)."""
         method = getattr(self.inner, name)
         what = self._WHAT.get(name)
         if what is None:
             return method
         fenced = name in self._FENCED
+        lease_of = self._lease
 
         async def checked(*args: Any, **kwargs: Any) -> Any:
-            lease = self._lease() if fenced else None
+            lease = lease_of() if fenced else None
             try:
                 if lease is not None:
                     return await method(*args, lease=lease, **kwargs)
@@ -1232,6 +1273,7 @@ class _Checked:
                     "guarantees no longer holds"
                 ) from exc
 
+        setattr(self, name, checked)
         return checked
 
 
@@ -1279,6 +1321,19 @@ def _recorded_outputs(entry: RunEntry, calls: Iterable[RequiredCall]) -> dict[st
     return outputs
 
 
+def _same_calls(one: list[RequiredCall], other: list[RequiredCall]) -> bool:
+    """Whether two rounds ask for the same calls (tools and arguments, in any order): spelled
+    the same (the usual case, no decoding), or equal once their arguments are decoded."""
+    if len(one) != len(other):
+        return False
+    spelled = Counter((c.name, c.arguments) for c in one)
+    if spelled == Counter((c.name, c.arguments) for c in other):
+        return True
+    return Counter((c.name, _canonical(c.arguments)) for c in one) == Counter(
+        (c.name, _canonical(c.arguments)) for c in other
+    )
+
+
 def _canonical(arguments: str) -> str:
     """The arguments in one spelling, so that a loop guard sees equal calls as equal; arguments
     that cannot be decoded (or are nested too deeply) compare as the text they are."""
@@ -1288,22 +1343,35 @@ def _canonical(arguments: str) -> str:
         return arguments
 
 
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
+#: What a tool without a ``timeout`` runs within.
+_NO_LIMIT = nullcontext()
 
 
-class _NoLimit:
-    """Stands in for the limiter when a round is within ``tool_concurrency``."""
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
+async def _drain(events: AsyncIterator[Any]) -> None:
+    """Read what is left of a stream after its deciding event (its end), ``TAIL_WAIT`` at most."""
+    with anyio.move_on_after(TAIL_WAIT):
+        async for _ in events:
+            pass  # nothing comes after the deciding event but its end
 
 
-_NO_LIMIT = _NoLimit()
+async def _fan_out(items: Iterable[T], work: Callable[[T], Awaitable[None]], limit: int) -> None:
+    """``work(item)`` for every item, ``limit`` at most at once, in as few tasks as the work
+    lets: each worker task takes the items one after another, and another worker is started only
+    once the ones started so far are all waiting (the starter runs again only then), up to
+    ``limit``. Work that never waits (a tool that returns at once) runs in one task; work that
+    waits has ``limit`` items under way after as many turns of the event loop."""
+    remaining = deque(items)
+
+    async def worker() -> None:
+        while remaining:
+            await work(remaining.popleft())
+
+    async with anyio.create_task_group() as tg:
+        workers = 0
+        while remaining and workers < limit:
+            tg.start_soon(worker)
+            workers += 1
+            await anyio.lowlevel.checkpoint()  # the new worker runs until it waits
 
 
 class EventStream(Generic[T]):

@@ -183,15 +183,16 @@ class AssistantsBackend:
 
     def open_submission(self, ref: RunRef, outputs: Mapping[str, str]) -> EventSource:
         runs = self._no_retry.beta.threads.runs
-        tool_outputs = _tool_outputs(outputs)
+        body = _outputs_body(outputs)
 
         def opener() -> Any:
             with quiet_deprecation():
                 return runs.with_streaming_response.submit_tool_outputs(
                     run_id=ref.run_id,
                     thread_id=ref.scope_id,
-                    tool_outputs=tool_outputs,  # type: ignore[arg-type]
+                    tool_outputs=(),
                     stream=True,
+                    extra_body=body,
                 )
 
         return sse_source(opener, self._clock, build_event)
@@ -201,7 +202,8 @@ class AssistantsBackend:
             pending = self._no_retry.beta.threads.runs.submit_tool_outputs(
                 run_id=ref.run_id,
                 thread_id=ref.scope_id,
-                tool_outputs=_tool_outputs(outputs),  # type: ignore[arg-type]
+                tool_outputs=(),
+                extra_body=_outputs_body(outputs),
             )
         run: Run = await pending
         return run
@@ -231,5 +233,9 @@ class AssistantsBackend:
         return [message async for message in pages]
 
 
-def _tool_outputs(outputs: Mapping[str, str]) -> list[dict[str, str]]:
-    return [{"tool_call_id": cid, "output": out} for cid, out in outputs.items()]
+def _outputs_body(outputs: Mapping[str, str]) -> dict[str, Any]:
+    """The request body's ``tool_outputs``, passed as ``extra_body`` (which the SDK merges over
+    the body it builds, so the bytes sent are the same): the SDK's own ``tool_outputs`` argument
+    is walked output by output through its type-driven transform (about 25 µs per output, 400 µs
+    for a round of 16) although plain strings need none."""
+    return {"tool_outputs": [{"tool_call_id": cid, "output": out} for cid, out in outputs.items()]}
