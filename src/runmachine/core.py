@@ -264,7 +264,7 @@ class CoreBase:
         be sent.
         """
         outputs = frozenset(call_ids)
-        in_state = bool(lifecycle.find_row(lifecycle.SUBMIT, self.state, self.engine.rows))
+        in_state = self.engine.has_rows(lifecycle.SUBMIT, self.state)
         if not in_state:
             raise self._refusal(lifecycle.SUBMIT, outputs, in_state)
         self._pending_outputs = outputs

@@ -116,6 +116,10 @@ class Engine(AsyncMachine):
         self._dispatch = dispatch
         self._names = {trigger: _Named(trigger) for trigger in self.events}
 
+    def has_rows(self, trigger: str, state: str) -> bool:
+        """Whether the table has a row for ``trigger`` from ``state`` (whatever its guards say)."""
+        return (state, trigger) in self._dispatch
+
     async def fire(self, trigger: str, model: Any, **kwargs: Any) -> bool:
         """Fire ``trigger`` on ``model`` (which carries its own ``state``); True if it moved."""
         rows = self._dispatch.get((model.state, trigger))
