@@ -1,13 +1,24 @@
 """Server-sent events off the SDK's HTTP layer, decoded into the SDK's event types by name.
 
-The SDK validates every event against a 24-member union; this module reads the ``event:`` line
-first and builds only the type it names: one pydantic-core ``model_validate_json`` call on the raw
-data (about ten times cheaper than a ``json.loads`` and the SDK's pure-Python construction),
-falling back to the SDK's own non-validating ``construct`` whenever strict typing refuses the
-payload (``instructions: null`` on a run, a status this SDK version does not know, ...), so
-nothing the SDK would accept is refused here. What cannot be decoded at all (bytes that are not
-UTF-8, data that is not JSON, a payload that is not an object) is a ``StreamError``, which the
-driver treats as a lost stream.
+The SDK validates every event against a 24-member union and, when that fails, builds the
+variant the event names with its pure-Python, non-validating ``construct``. This module reads
+the ``event:`` line first and builds only the type it names, each time giving what the SDK's
+own decoding gives for the same bytes, in one pydantic-core call on the raw data (about ten
+times cheaper than a ``json.loads`` and the SDK's construction) whenever it can:
+
+- validated as declared: the payload is typed as the SDK class says;
+- validated by a tolerant validator, derived once per class from the SDK class's own schema:
+  every field of every model the SDK would construct reads ``null`` as ``construct`` reads it
+  (the field's default, ``None`` when it has none) and every other value must be exactly of its
+  declared type (unions are validated whole, as the SDK validates them). This is how every run
+  event reads: the API sends ``instructions: null``, which the SDK's ``Run`` types as a string.
+  The instances are of the exact SDK classes, nested ones included;
+- else (a status this SDK version does not know, a value of another type, ...) built with the
+  SDK's own ``construct``, so nothing the SDK would accept is refused here.
+
+What cannot be decoded at all (bytes that are not UTF-8, data that is not JSON or is nested too
+deeply, a payload that is not an object) is a ``StreamError``, which the driver treats as a
+lost stream.
 
 Line endings (LF, CR, CRLF), comments, multi-line data and ``[DONE]`` follow the SDK's decoder.
 The parser is linear in the bytes it is fed, however they are split. No I/O happens here: the
@@ -16,15 +27,18 @@ backend hands in byte chunks.
 
 from __future__ import annotations
 
+import functools
 import json
 import typing
+from collections.abc import Callable
 from typing import Any
 
 import openai
 from openai.types.beta import AssistantStreamEvent
 from openai.types.beta import assistant_stream_event as ase
 from openai.types.beta.agent_session_event import AgentSessionEvent
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic_core import SchemaError, SchemaValidator, core_schema
 
 from runmachine import lifecycle
 
@@ -89,6 +103,152 @@ class StreamError(Exception):
         self.event = event
         self.body = body
         super().__init__(message)
+
+
+# --------------------------------------------------------------------------------------------
+# The tolerant tier
+# --------------------------------------------------------------------------------------------
+
+#: Schemas the tolerant validator keeps as declared: scalars, and unions (the SDK validates a
+#: union whole before it constructs anything; a payload refused there goes to ``construct``).
+_AS_DECLARED = frozenset(
+    {"any", "bool", "float", "int", "literal", "none", "str", "tagged-union", "union"}
+)
+#: The suffix that keeps a tolerant definition apart from the SDK's own of the same ``ref``.
+_TOLERANT_REF = ":tolerant"
+
+
+class _Unsupported(Exception):
+    """A schema the tolerant tier cannot read as the SDK's ``construct`` reads it."""
+
+
+class _Shell:
+    """What a tolerant model is validated into. pydantic-core validates a model schema that
+    names an SDK class with that class's own validator (which refuses the ``null``), so the
+    tolerant schema names this bare holder instead, and ``_adopt`` moves its state onto an
+    instance of the SDK class."""
+
+    __slots__ = (
+        "__dict__",
+        "__pydantic_extra__",
+        "__pydantic_fields_set__",
+        "__pydantic_private__",
+    )
+    __pydantic_extra__: dict[str, Any] | None
+    __pydantic_fields_set__: set[str]
+
+
+def _adopt(cls: type[BaseModel]) -> Callable[[_Shell], BaseModel]:
+    """An instance of ``cls`` holding what was validated: the four attributes pydantic-core and
+    the SDK's ``construct`` both set, and no ``__init__``, as neither calls one."""
+    new = cls.__new__
+    setattr_ = object.__setattr__
+
+    def adopt(shell: _Shell) -> BaseModel:
+        model = new(cls)
+        setattr_(model, "__dict__", shell.__dict__)
+        setattr_(model, "__pydantic_extra__", shell.__pydantic_extra__)
+        setattr_(model, "__pydantic_fields_set__", shell.__pydantic_fields_set__)
+        setattr_(model, "__pydantic_private__", None)
+        return model
+
+    return adopt
+
+
+def _nullable(schema: Any) -> Any:
+    """A field's schema reading ``null`` as the SDK's ``construct`` does: the field's default,
+    ``None`` when it has none. (A field with another default keeps refusing ``null``.)"""
+    kind = schema["type"]
+    if kind == "nullable":
+        return schema
+    if kind == "default":
+        if "default" in schema and schema["default"] is None:
+            return {**schema, "schema": _nullable(schema["schema"])}
+        return schema
+    return core_schema.nullable_schema(schema)
+
+
+def _tolerant(schema: Any, *, nullable: bool = True) -> Any:
+    """``schema`` (a pydantic-core schema of an SDK model) read as the SDK's ``construct`` reads
+    a payload: models, and the lists and dicts of them, with every field tolerating ``null``
+    (not the outermost model's own fields when ``nullable`` is false); anything else as
+    declared. Raises ``_Unsupported`` where ``construct`` would read a value otherwise than
+    strict validation does (dates, tuples, models that run code when validated, ...)."""
+    kind = schema["type"]
+    if kind in _AS_DECLARED:
+        return schema
+    if kind == "definition-ref":
+        return {**schema, "schema_ref": schema["schema_ref"] + _TOLERANT_REF}
+    if kind == "definitions":
+        # The SDK's own definitions stay, for the unions kept as declared.
+        definitions = schema["definitions"]
+        tolerant = [{**_tolerant(d), "ref": d["ref"] + _TOLERANT_REF} for d in definitions]
+        body = _tolerant(schema["schema"], nullable=nullable)
+        return {**schema, "schema": body, "definitions": definitions + tolerant}
+    out: dict[str, Any]
+    if kind == "model":
+        if schema.get("custom_init") or schema.get("root_model") or schema.get("post_init"):
+            raise _Unsupported(f"{schema['cls'].__name__} runs code when validated")
+        inner = {key: value for key, value in schema.items() if key != "ref"}
+        inner.update(cls=_Shell, schema=_tolerant(schema["schema"], nullable=nullable))
+        out = dict(core_schema.no_info_after_validator_function(_adopt(schema["cls"]), inner))
+    elif kind == "model-fields":
+        fields = {}
+        for name, field in schema["fields"].items():
+            value = _tolerant(field["schema"])
+            fields[name] = {**field, "schema": _nullable(value) if nullable else value}
+        out = {**schema, "fields": fields}
+    elif kind in ("default", "nullable"):
+        out = {**schema, "schema": _tolerant(schema["schema"])}
+    elif kind == "list":
+        out = {**schema, "items_schema": _tolerant(schema["items_schema"])}
+    elif kind == "dict":
+        out = {**schema, "values_schema": _tolerant(schema["values_schema"])}
+    else:
+        raise _Unsupported(f"a {kind!r} schema")
+    if "ref" in schema:
+        out["ref"] = schema["ref"] + _TOLERANT_REF
+    return out
+
+
+@functools.cache
+def _tolerant_validator(cls: type[BaseModel]) -> SchemaValidator | None:
+    """The tolerant validator of the SDK event class ``cls``, derived once; ``None`` when its
+    schema has something the tier cannot read as ``construct`` does (such payloads are
+    constructed). The event's own fields stay as declared: ``data: null`` is no event."""
+    cls.model_rebuild()  # the SDK defers building its models' schemas to their first use
+    try:
+        return SchemaValidator(_tolerant(cls.__pydantic_core_schema__, nullable=False))
+    except (_Unsupported, SchemaError):
+        return None
+
+
+def _tolerated(cls: type[BaseModel], data: str) -> Any:
+    """``data`` (JSON) validated by the tolerant validator of ``cls``; ``None`` if refused.
+    Strictly: ``construct`` keeps a value of another type as it is, so it is left to it."""
+    validator = _tolerant_validator(cls)
+    if validator is None:
+        return None
+    try:
+        return validator.validate_json(data, strict=True)
+    except ValidationError:
+        return None
+
+
+def _validated(cls: type[BaseModel], name: str, data: str) -> Any:
+    """The event, validated in pydantic-core as declared or by the tolerant validator; ``None``
+    when both refuse it. Either gives what the SDK gives whenever it accepts the payload, so
+    the order is only a matter of cost: a run event (which the API sends with ``instructions:
+    null``) goes to the tolerant validator first, the others (deltas: the hot path) to the
+    declared types first."""
+    text = _PREFIXES[name] + data + "}"
+    tolerant_first = name in lifecycle.LIFECYCLE_EVENTS
+    if tolerant_first and (event := _tolerated(cls, text)) is not None:
+        return event
+    try:
+        return cls.model_validate_json(text)
+    except ValidationError:
+        return None if tolerant_first else _tolerated(cls, text)
 
 
 class SSEParser:
@@ -171,12 +331,26 @@ def _parse_block(block: bytes) -> tuple[str | None, str] | None:
     return event, "\n".join(data)
 
 
+def _loads(data: str, what: str, name: str | None) -> Any:
+    """``data`` decoded as JSON, or a ``StreamError`` saying why it cannot be (``what`` carried
+    it): not JSON, or nested deeper than Python's JSON decoder goes."""
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        message = f"{what} carried data that is not JSON: {data[:80]!r}"
+        raise StreamError(message, event=name) from exc
+    except RecursionError as exc:
+        message = f"{what} carried JSON nested too deeply to decode: {data[:80]!r}"
+        raise StreamError(message, event=name) from exc
+
+
 def build_event(name: str | None, data: str) -> Any:
     """The SDK event for one SSE event, built as the SDK builds it but only for the named type.
 
-    Returns ``None`` for ``[DONE]``. Raises ``StreamError`` for data that is not JSON, for a
-    known event whose data is not an object (``data: null``), and for an error event or an
-    ``{"error": ...}`` payload (the SDK raises ``APIError`` for the latter).
+    Returns ``None`` for ``[DONE]``. Raises ``StreamError`` for data that is not JSON (or is
+    nested too deeply to decode), for a known event whose data is not an object (``data:
+    null``), and for an error event or an ``{"error": ...}`` payload (the SDK raises
+    ``APIError`` for the latter).
     """
     if data.startswith(DONE):
         return None
@@ -187,17 +361,11 @@ def build_event(name: str | None, data: str) -> Any:
         and name != lifecycle.ERROR_EVENT
         and '"error"' not in data
     ):
-        # The fast path: one validation in pydantic-core, no intermediate dicts.
-        try:
-            return cls.model_validate_json(_PREFIXES[name] + data + "}")
-        except ValidationError:
-            pass  # not strictly typed (or not JSON): built as the SDK builds it, below
-    try:
-        payload = json.loads(data)
-    except ValueError as exc:
-        raise StreamError(
-            f"event {name!r} carried data that is not JSON: {data[:80]!r}", event=name
-        ) from exc
+        # One validation in pydantic-core, no intermediate dicts (tiers 1 and 2).
+        event = _validated(cls, name, data)
+        if event is not None:
+            return event
+    payload = _loads(data, f"event {name!r}", name)
     if name == lifecycle.ERROR_EVENT or (isinstance(payload, dict) and payload.get("error")):
         inner = (
             payload.get("error") if isinstance(payload, dict) and "error" in payload else payload
@@ -222,18 +390,15 @@ def build_event(name: str | None, data: str) -> Any:
 def build_session_event(data: str) -> Any:
     """The SDK event for one frame of an agent-session stream (its ``type`` is in the data).
 
-    Returns ``None`` for ``[DONE]``. Built strictly when the payload allows, else as the SDK
-    builds it (non-validating ``construct``); a ``type`` this SDK does not declare
+    Returns ``None`` for ``[DONE]``. Built in the three tiers of the module docstring (validated,
+    tolerant, the SDK's ``construct``); a ``type`` this SDK does not declare
     (``agent.session.budget_reached``) is passed along as a plain SDK model. ``error`` events
     are values here, as the SDK yields them. Raises ``StreamError`` for data that is not JSON
-    or not an object with a ``type``.
+    (or is nested too deeply to decode) or not an object with a ``type``.
     """
     if data.startswith(DONE):
         return None
-    try:
-        payload = json.loads(data)
-    except ValueError as exc:
-        raise StreamError(f"a session event carried data that is not JSON: {data[:80]!r}") from exc
+    payload = _loads(data, "a session event", None)
     name = payload.get("type") if isinstance(payload, dict) else None
     if not isinstance(name, str):
         raise StreamError(f"a session event carried no type: {data[:80]!r}", event=None)
@@ -243,4 +408,6 @@ def build_session_event(data: str) -> Any:
     try:
         return cls.model_validate(payload)
     except ValidationError:
-        return cls.construct(**payload)
+        pass
+    event = _tolerated(cls, data)
+    return event if event is not None else cls.construct(**payload)
