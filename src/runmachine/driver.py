@@ -752,9 +752,10 @@ class Driver(DriverBase):
         self.requested_at = 0.0
         #: The latest server timestamp of the run seen live (``created_at``, ``started_at``).
         self.run_clock: ServerTime | None = None
-        #: The stream that stopped at ``requires_action``, kept open until the next one is
-        #: answered (``_finish_tail``): its context and its events.
+        #: The stream that stopped at ``requires_action`` (its context and its events), until
+        #: the next request lets it go (``_let_tail_go``), and where such ends are read.
         self._tail: tuple[AsyncExitStack, AsyncIterator[Any]] | None = None
+        self._tails: anyio.abc.TaskGroup | None = None
 
     # ----------------------------------------------------------------------------------------
     # Entry points
@@ -790,13 +791,38 @@ class Driver(DriverBase):
         return await self._guarded(self._closing_tail(adopt()))
 
     async def _closing_tail(self, work: Awaitable[None]) -> None:
-        """``work``, then close any stream it left open after ``requires_action``."""
-        try:
-            await work
-        except BaseException:
-            await self._finish_tail(drain=False)
-            raise
-        await self._finish_tail(drain=True)
+        """``work``, with a task group for the ends of the streams that stopped at
+        ``requires_action`` (``_read``). Whatever ends ``work`` is raised as it is (not in an
+        exception group); if it fails, what is left of those streams is closed unread."""
+        failure: BaseException | None = None
+        async with anyio.create_task_group() as tails:
+            self._tails = tails
+            try:
+                await work
+            except BaseException as exc:
+                failure = exc
+                tails.cancel_scope.cancel()
+            finally:
+                self._tails = None
+                tail, self._tail = self._tail, None
+            if tail is not None and failure is None:
+                await _finish_tail(*tail)
+            elif tail is not None:  # closed unread: the run did not end well
+                with anyio.CancelScope(shield=True), suppress(Exception):
+                    await tail[0].aclose()
+        if failure is not None:
+            raise failure
+
+    def _let_tail_go(self) -> None:
+        """Before the next request: read the end of the stream that stopped at
+        ``requires_action`` in a task of its own, so that its connection goes back to the pool
+        whatever the request waits for. Started here, not at ``requires_action``, so that the
+        round's own work (the tools, the submission's request) never shares the CPU with it."""
+        tail, self._tail = self._tail, None
+        if tail is not None and self._tails is not None:
+            self._tails.start_soon(_finish_tail, *tail)
+        elif tail is not None:  # pragma: no cover (every stream is read within _closing_tail)
+            raise AssertionError("a stream was left open outside _closing_tail")
 
     # ----------------------------------------------------------------------------------------
     # The main loop
@@ -971,6 +997,7 @@ class Driver(DriverBase):
             await core.observe_status(confirmed)
 
         streaming = backend.submit_mode(self.options.stream) == "new_stream"
+        self._let_tail_go()
         delay = 0.25
         for attempt in range(1, self.options.submit_attempts + 1):
             await core.hand_over_outputs(call_ids)
@@ -1033,8 +1060,10 @@ class Driver(DriverBase):
         follows it (``[DONE]`` and the end of the body, read so that the connection can be
         reused) is waited for ``TAIL_WAIT`` seconds at most, so that a server that keeps the
         connection open neither stalls a finished run nor delays a round: after a terminal
-        event, here; after ``requires_action``, once the next stream has been answered (the
-        round's tools and its submission go first, the previous stream's end is read after).
+        event, here; after ``requires_action``, in a task of its own started as the next
+        request is made (``_let_tail_go``): the round's tools and its submission do not wait
+        for it, and its connection goes back to the pool as soon as the end has been read,
+        for that request or any other, which may need it.
         """
         core = self.core
         feed = core.feed
@@ -1045,14 +1074,13 @@ class Driver(DriverBase):
             events = await stack.enter_async_context(source)
             if opened is not None:
                 await opened()
-            await self._finish_tail(drain=True)
             iterator = events.__aiter__()
             while True:
                 if core.state in lifecycle.STREAM_MAY_END:
                     if core.is_finished:
                         await _drain(iterator)
                         break
-                    # Waiting on tools: the stream stays open until the next one is answered.
+                    # Waiting on tools: the stream's end is read once the round is done with.
                     self._tail, stack = (stack, iterator), None
                     return
                 try:
@@ -1077,24 +1105,6 @@ class Driver(DriverBase):
                     await stack.aclose()
         if core.state not in lifecycle.STREAM_MAY_END:
             raise StreamLost(f"the stream ended in state {core.state!r}")
-
-    async def _finish_tail(self, *, drain: bool) -> None:
-        """Close the stream left open after ``requires_action``, reading its end first
-        (``drain``, within ``TAIL_WAIT``) so that its connection goes back to the pool; a
-        failure of that stream is of no consequence any more."""
-        tail, self._tail = self._tail, None
-        if tail is None:
-            return
-        stack, iterator = tail
-        with anyio.CancelScope(shield=not drain):
-            try:
-                if drain:
-                    await _drain(iterator)
-            except Exception:  # the stream did its work: what becomes of it now is moot
-                pass
-            finally:
-                with anyio.CancelScope(shield=True), suppress(Exception):
-                    await stack.aclose()
 
     def _saw_run_time(self, run: Run) -> None:
         """A lifecycle event arrives as it happens: the run's newest timestamp is (to the second)
@@ -1127,6 +1137,7 @@ class Driver(DriverBase):
 
     async def _read_back(self, ref: RunRef) -> tuple[Run, float | None]:
         """The run as the server has it, read through a short outage (``_read_through``)."""
+        self._let_tail_go()
         return await self._read_through(
             lambda: self.backend.retrieve(ref), f"reading run {ref.run_id} back"
         )
@@ -1135,6 +1146,7 @@ class Driver(DriverBase):
         """Text lost with a stream (or never streamed) comes back from the server."""
         if self.core.current_run() is None:
             return
+        self._let_tail_go()
         self.core.replace_messages(await self.backend.messages(self._ref()))
 
     # ----------------------------------------------------------------------------------------
@@ -1166,6 +1178,7 @@ class Driver(DriverBase):
         core = self.core
         if core.is_finished:
             return
+        self._let_tail_go()
         with anyio.move_on_after(self.options.cancel_timeout, shield=True):
             if core.current_run() is None:
                 found = await self._find_orphan()
@@ -1199,6 +1212,7 @@ class Driver(DriverBase):
         """A cancel recorded locally (``request_cancel``, from a hook or another task) goes to
         the server, once; the run's events (or polls) then bring its end."""
         self.cancel_sent = True
+        self._let_tail_go()
         with anyio.move_on_after(self.options.cancel_timeout, shield=True):
             run = await self._retrying(lambda: self.backend.cancel(self._ref()))
             if run is not None:
@@ -1345,6 +1359,18 @@ def _canonical(arguments: str) -> str:
 
 #: What a tool without a ``timeout`` runs within.
 _NO_LIMIT = nullcontext()
+
+
+async def _finish_tail(stack: AsyncExitStack, events: AsyncIterator[Any]) -> None:
+    """Read the end of a stream that stopped at ``requires_action`` (``TAIL_WAIT`` at most),
+    then close it: its work is done, so nothing it does now is of consequence."""
+    try:
+        await _drain(events)
+    except Exception:  # a stream that breaks now has told all it had to tell
+        pass
+    finally:
+        with anyio.CancelScope(shield=True), suppress(Exception):
+            await stack.aclose()
 
 
 async def _drain(events: AsyncIterator[Any]) -> None:

@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 import anyio
+import httpx2
 import openai
 import pytest
 
@@ -491,3 +492,41 @@ async def test_a_cancel_a_hook_requests_reaches_the_server(
     assert stats.status == "cancelled"
     assert stats.cancel_requests == 1
     assert stats.submissions_received == 0
+
+
+@pytest.mark.parametrize("runs", [1, 3])
+async def test_a_pool_of_one_connection_is_enough(
+    emulator: Emulator, emulator_url: str, thread_and_assistant: Any, runs: int
+) -> None:
+    # The stream that stopped at requires_action is read to its end beside the round, not after
+    # the submission is answered: its connection goes back to the pool, so a submission that
+    # needs it never waits on a connection its own run holds (the pool wait would end this test
+    # with PoolTimeout instead of hanging; it is no measure of speed).
+    http = openai.DefaultAsyncHttpxClient(limits=httpx2.Limits(max_connections=1))
+    client = openai.AsyncOpenAI(
+        base_url=emulator_url,
+        api_key="test",
+        max_retries=0,
+        timeout=httpx2.Timeout(120, pool=60),
+        http_client=http,
+    )
+    try:
+        for _ in range(runs):
+            emulator.enqueue(
+                Scenario().tool_round([("get_rain", {"city": "Oslo"})]).reply("Dry in Oslo.")
+            )
+        threads = [await thread_and_assistant(Looping) for _ in range(runs)]
+        results: list[Any] = []
+
+        async def one(thread_id: str, assistant_id: str) -> None:
+            results.append(
+                await Looping(client).run(thread_id=thread_id, assistant_id=assistant_id)
+            )
+
+        async with anyio.create_task_group() as tg:
+            for thread_id, assistant_id in threads:
+                tg.start_soon(one, thread_id, assistant_id)
+        assert [r.status for r in results] == ["completed"] * runs
+        assert all(r.text == "Dry in Oslo." and r.tool_calls[0].output == "0.25" for r in results)
+    finally:
+        await client.close()
