@@ -8,6 +8,7 @@ The public names live here. ``runmachine.lifecycle`` holds the lifecycle tables 
 from __future__ import annotations
 
 from runmachine import lifecycle
+from runmachine.admission import Admission
 from runmachine.core import RunCore
 from runmachine.deprecation import quiet_deprecation
 from runmachine.driver import EventStream
@@ -47,6 +48,7 @@ from runmachine.tools import ToolSpec, tool
 from runmachine.turn_core import TurnCore
 
 __all__ = [
+    "Admission",
     "DriverOptions",
     "DuplicateSubmission",
     "EventStream",

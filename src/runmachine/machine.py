@@ -41,13 +41,14 @@ from openai.types.beta.threads import (
 from openai.types.beta.threads.runs import RunStep, RunStepDelta, ToolCall, ToolCallDelta
 
 from runmachine import lifecycle
+from runmachine.admission import Admission
 from runmachine.backends.assistants import AssistantsBackend, CreateRun, CreateThreadAndRun
 from runmachine.backends.sessions import SessionsBackend
 from runmachine.core import CoreBase, RunCore
 from runmachine.diagrams import Detail, draw_lifecycle
 from runmachine.driver import Driver, EventStream
 from runmachine.engine import Engine, engine_for
-from runmachine.errors import MachineBusy, OptionError, RunMachineError
+from runmachine.errors import HandedOff, MachineBusy, OptionError, RunMachineError
 from runmachine.ledger import TURN_MARK, Ledger, MemoryLedger
 from runmachine.options import DriverOptions, unknown_option
 from runmachine.records import ToleratedEvent, ToolCallRecord, TransitionRecord
@@ -110,6 +111,10 @@ class RunMachine:
 
     extra_transitions: ClassVar[tuple[lifecycle.TransitionSpec, ...]] = ()
 
+    #: The ``runmachine.Admission`` every machine of this class (and of its subclasses) takes a
+    #: slot of for each run and turn, unless one is given to ``__init__``; None: no limit.
+    admission: Admission | None = None
+
     _runmachine_engine: ClassVar[Engine]
     _runmachine_turn_engine: ClassVar[Engine]
     _runmachine_hooks: ClassVar[frozenset[str]]
@@ -120,6 +125,7 @@ class RunMachine:
         *,
         tools: Iterable[Any] = (),
         ledger: Ledger | None = None,
+        admission: Admission | None = None,
         tool_concurrency: int = 16,
         deadline_margin: float = 5.0,
         max_rounds: int = 20,
@@ -138,11 +144,15 @@ class RunMachine:
         """``client``: an ``AsyncOpenAI`` or ``AsyncAzureOpenAI`` (needed to drive runs; not to
         feed events). ``tools``: extra tools, ``@tool`` functions or plain ones. ``ledger``:
         where tool calls and submissions are recorded (``runmachine.ledger``); by default a
-        ``MemoryLedger`` of this machine, ``SQLiteLedger(path)`` to survive restarts. The other
-        options are ``runmachine.options.DriverOptions``, validated here."""
+        ``MemoryLedger`` of this machine, ``SQLiteLedger(path)`` to survive restarts.
+        ``admission``: a ``runmachine.Admission`` shared with other machines, bounding the runs
+        in flight at once (by default the class's ``admission``: none). The other options are
+        ``runmachine.options.DriverOptions``, validated here."""
         name = type(self).__name__
         if unknown:
-            raise unknown_option(name, unknown, ("client", "tools", "ledger", *_OPTION_NAMES))
+            raise unknown_option(
+                name, unknown, ("client", "tools", "ledger", "admission", *_OPTION_NAMES)
+            )
         if client is not None and not isinstance(client, openai.AsyncOpenAI):
             raise OptionError(
                 f"{name} needs an AsyncOpenAI or AsyncAzureOpenAI client, got "
@@ -157,6 +167,7 @@ class RunMachine:
             raise OptionError(
                 f"{name}(ledger=...) must implement runmachine.Ledger, got {type(ledger).__name__}"
             )
+        _check_admission(f"{name}(admission=...)", admission)
         try:
             self.options = DriverOptions(
                 tool_concurrency=tool_concurrency,
@@ -177,6 +188,8 @@ class RunMachine:
             raise OptionError(f"{name}(): {exc}") from None
         self.client = client
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
+        #: The admission this machine's runs and turns take their slots of (None: no limit).
+        self.admission: Admission | None = admission if admission is not None else self.admission
         try:
             self.__extra_tools = {spec.name: spec for spec in map(as_spec, tools)}
         except TypeError as exc:
@@ -184,6 +197,8 @@ class RunMachine:
         self.__backend = AssistantsBackend(client) if client is not None else None
         self.__sessions = SessionsBackend(client) if client is not None else None
         self.__driving: Driver | TurnDriver | None = None
+        #: While the driven run waits for its admission slot: the scope ``hand_off()`` cancels.
+        self.__queued: anyio.CancelScope | None = None
         self.__core = self.__new_core()
         self.__turn_core: TurnCore | None = None
         #: The core of the latest run or turn (what ``state``, ``history``, ... show).
@@ -195,6 +210,7 @@ class RunMachine:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        _check_admission(f"{cls.__qualname__}.admission", cls.admission)
         _check_tools(cls)
         _prepare(cls)
 
@@ -293,7 +309,7 @@ class RunMachine:
         driver = Driver(self.__core, self.__backend, sink=sink, **self.__driver_options())
         self.__driving = driver
         try:
-            return await work(driver)
+            return await self.__admitted(lambda: work(driver))
         finally:
             self.__driving = None
 
@@ -328,9 +344,29 @@ class RunMachine:
         )
         self.__driving = driver
         try:
-            return await work(driver)
+            return await self.__admitted(lambda: work(driver))
         finally:
             self.__driving = None
+
+    async def __admitted(self, work: Callable[[], Awaitable[RunResult]]) -> RunResult:
+        """``work`` within a slot of this machine's admission, if it has one. The wait sends
+        nothing; ``hand_off()`` during it ends it with ``HandedOff``."""
+        admission = self.admission
+        if admission is None:
+            return await work()
+        with anyio.CancelScope() as queued:
+            self.__queued = queued
+            try:
+                async with admission.slot():
+                    self.__queued = None
+                    return await work()
+            finally:
+                self.__queued = None
+        assert self.__driving is not None
+        raise HandedOff(
+            f"{type(self).__name__} was handed off while its {self.__driving.noun} waited for a "
+            f"slot of {admission!r}: nothing was sent"
+        )
 
     # ----------------------------------------------------------------------------------------
     # Assistants runs
@@ -646,6 +682,8 @@ class RunMachine:
         if self.__driving is None:
             return False
         self.__driving.hand_off()
+        if self.__queued is not None:
+            self.__queued.cancel()
         return True
 
     async def request_cancel(self) -> bool:
@@ -846,6 +884,19 @@ def _prepare(cls: type[RunMachine]) -> None:
     cls._runmachine_turn_engine = engine_for(
         lifecycle.TURN_TRANSITIONS, turn_hooks, cls.__name__, lifecycle.TURN_STATES
     )
+
+
+def _check_admission(where: str, admission: object) -> None:
+    if admission is not None and not isinstance(admission, Admission):
+        raise OptionError(
+            f"{where} must be a runmachine.Admission or None, got "
+            f"{type(admission).__module__}.{type(admission).__qualname__}"
+            + (
+                f" (for a limit of {admission} runs in flight, give Admission({admission}))"
+                if isinstance(admission, int) and not isinstance(admission, bool)
+                else ""
+            )
+        )
 
 
 def _check_tools(cls: type[RunMachine]) -> None:

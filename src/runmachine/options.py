@@ -17,18 +17,24 @@ import attrs
 
 from runmachine.errors import OptionError
 
-__all__ = ["DriverOptions", "unknown_option"]
+__all__ = ["DriverOptions", "check_integer", "unknown_option"]
+
+
+def check_integer(name: str, value: object, minimum: int) -> int:
+    """``value``, if it is an int (not a bool) of at least ``minimum``; otherwise the
+    ``OptionError`` that names option ``name``, what was given and what is accepted."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionError(
+            f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}"
+        )
+    if value < minimum:
+        raise OptionError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
 
 
 def _integer(minimum: int) -> Any:
     def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise OptionError(
-                f"{attribute.name} must be an int >= {minimum}, got {type(value).__name__} "
-                f"{value!r}"
-            )
-        if value < minimum:
-            raise OptionError(f"{attribute.name} must be an int >= {minimum}, got {value!r}")
+        check_integer(attribute.name, value, minimum)
 
     return check
 
