@@ -157,3 +157,36 @@ def test_the_sessions_example_passes_mypy_strict(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def admission_code() -> str:
+    text = section("Many runs at once: admission control")
+    start, end = "<!-- admission:start -->\n", "<!-- admission:end -->"
+    marked = text[text.index(start) + len(start) : text.index(end)]
+    match = re.fullmatch(r"```python\n(.*)```\n", marked, re.S)
+    assert match is not None, "the admission markers must hold one ```python block"
+    return match.group(1)
+
+
+def test_the_admission_example_runs_as_written(tmp_path: Path) -> None:
+    script = tmp_path / "admission.py"
+    script.write_text(admission_code(), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "300 {'completed'}\n"
+    assert done.stderr == ""
+
+
+def test_the_admission_example_passes_mypy_strict(tmp_path: Path) -> None:
+    script = tmp_path / "admission.py"
+    script.write_text(admission_code(), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
