@@ -6,7 +6,9 @@
 - ``recipe``: the documented SDK recipe for tools, an ``AsyncAssistantEventHandler`` that on
   ``thread.run.requires_action`` runs the tools one by one and calls
   ``submit_tool_outputs_stream`` (OpenAI's function-calling guide);
-- ``runmachine`` (R): a ``RunMachine`` with a no-op ``on_text_delta`` hook and async tools.
+- ``runmachine`` (R): a ``RunMachine`` with a no-op ``on_text_delta`` hook and async tools;
+- ``submit_floor``: the handoff's floor, a handler that on ``thread.run.requires_action`` only
+  makes the submission (as runmachine makes it, outputs at hand): the SDK's own request path.
 
 Handoff marks, the same on both sides: "arrived" is taken in the ``on_event`` hook (the SDK
 handler's and the ``RunMachine``'s), the first user code that sees the decoded
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+import weakref
 from typing import Any, Literal, get_args
 
 import anyio
@@ -212,6 +215,58 @@ class Recipe(AsyncAssistantEventHandler):
         ) as stream:
             await stream.until_done()
         self.final_status = follow.final_status
+
+
+_NO_RETRY: weakref.WeakKeyDictionary[openai.AsyncOpenAI, openai.AsyncOpenAI] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class SubmitFloor(AsyncAssistantEventHandler):
+    """The handoff floor: on ``thread.run.requires_action``, nothing but the submission itself,
+    made as runmachine makes it (``with_streaming_response.submit_tool_outputs``, the outputs in
+    ``extra_body``, the SDK's retries off) with the outputs already at hand. No client that
+    submits through the SDK's HTTP layer can hand the request over sooner."""
+
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
+        super().__init__()
+        # One copy per client, as runmachine keeps: a copy fetches its platform headers in a
+        # worker thread on its first request.
+        self.client = _NO_RETRY.get(client) or _NO_RETRY.setdefault(
+            client, client.with_options(max_retries=0)
+        )
+        self.final_status: str | None = None
+
+    async def on_event(self, event: Any) -> None:
+        if event.event != "thread.run.requires_action":
+            return
+        MARKS.arrive()
+        run = event.data
+        outputs = [
+            {"tool_call_id": c.id, "output": "ok"}
+            for c in run.required_action.submit_tool_outputs.tool_calls
+        ]
+        async with self.client.beta.threads.runs.with_streaming_response.submit_tool_outputs(
+            run_id=run.id,
+            thread_id=run.thread_id,
+            tool_outputs=(),
+            stream=True,
+            extra_body={"tool_outputs": outputs},
+        ) as response:
+            body = b"".join([chunk async for chunk in response.http_response.aiter_bytes()])
+        if b"thread.run.completed" in body:
+            self.final_status = "completed"
+
+
+async def submit_floor(client: openai.AsyncOpenAI) -> int:
+    handler = SubmitFloor(client)
+    async with client.beta.threads.runs.stream(
+        thread_id=THREAD, assistant_id=ASSISTANT, event_handler=handler
+    ) as stream:
+        await stream.until_done()
+    if handler.final_status != "completed":
+        raise ErrorPath(f"the floor's submission did not complete the run: {handler.final_status}")
+    return 1
 
 
 async def recipe(client: openai.AsyncOpenAI) -> int:

@@ -32,7 +32,7 @@ def test_quick_benchmarks_run_and_write_well_formed_results(tmp_path: Path) -> N
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(out.read_text())
-    assert results["schema"] == 1
+    assert results["schema"] == 2
     assert results["quick"] is True
     assert results["command"] == "python benchmarks/run.py --quick"
     info = results["machine_info"]
@@ -47,24 +47,35 @@ def test_quick_benchmarks_run_and_write_well_formed_results(tmp_path: Path) -> N
             assert all(_number(x) and x > 0 for x in p["times_s"])
             assert p["median_s"] > 0
         assert _number(t["r_vs_handler"]) and _number(t["r_vs_floor"])
-    # 2. handoff: 1 and 16 calls, runmachine and the recipe
+    # 2. handoff: 1 and 16 calls, runmachine, the recipe and the floor
     for h in results["handoff"].values():
         assert set(h) == {"1", "16"}
         for d in h.values():
-            for side in ("runmachine", "recipe"):
+            for side in ("runmachine", "recipe", "floor"):
                 assert d[side]["samples"] > 0 and _number(d[side]["median_ms"])
                 assert d[side]["median_ms"] <= d[side]["p99_ms"] <= d[side]["max_ms"]
     # 3. fan-out
     for f in results["fanout"].values():
         for side in ("runmachine", "runmachine_default", "recipe"):
             assert f[side]["round_s"] > 0 and f[side]["slowest_tool_s"] > 0
-    # 4. many runs: all completed (unpaced); the paced search tried something
+    # 4. many runs: all completed (unpaced); the paced search tried something, on every
+    # transport and backend the configuration names
     for u in results["many"]["unpaced"].values():
         for r in u.values():
             assert r["completed"] == r["runs"], r["errors"]
-    for p in results["many"]["paced"].values():
-        for r in p.values():
-            assert r["trials"]
+    config = results["config"]
+    assert set(results["paced"]) == set(config["paced_transports"])
+    for by_backend in results["paced"].values():
+        assert set(by_backend) <= set(config["paced_backends"])
+        for paths in by_backend.values():
+            assert set(paths) == {"server", "floor", "runmachine", "sdk_handler"}
+            assert all(r["trials"] for r in paths.values())
+    # 5. the decode path: the parser's figures and one run event's, three ways
+    decode = results["decode"]
+    assert all(_number(v) and v > 0 for v in decode["parser"].values())
+    for figures in (decode["run_event"]["cpu_us"], decode["run_event"]["retained_bytes"]):
+        assert set(figures) == {"new", "old", "sdk"}
+        assert all(_number(v) and v > 0 for v in figures.values())
     # 5. the machine itself
     for c in results["machine"].values():
         assert c["us_per_transition"] > 0 and c["bytes_per_machine"] > 0
@@ -74,8 +85,13 @@ def test_quick_benchmarks_run_and_write_well_formed_results(tmp_path: Path) -> N
     ids = {g["id"] for g in results["goals"]}
     expected = {f"1-throughput-{b}" for b in BACKENDS}
     expected |= {f"2-handoff-{n}-{b}" for n in (1, 16) for b in BACKENDS}
+    expected |= {f"2-handoff-bound-{n}-{b}" for n in (1, 16) for b in BACKENDS}
     expected |= {f"3-fanout-{b}" for b in BACKENDS} | {f"4-memory-{b}" for b in BACKENDS}
-    expected |= {f"4-paced-{b}" for b in results["config"]["paced_backends"]}
+    expected |= {
+        f"4-paced-floor-{t}-{b}" for t, by_backend in results["paced"].items() for b in by_backend
+    }
+    expected |= {f"4-paced-sdk-aiohttp-{b}" for b in results["paced"].get("aiohttp", {})}
+    expected |= {"5-parser-linear"}
     assert ids == expected
     assert all(g["verdict"] in ("met", "missed") and g["measured"] for g in results["goals"])
     assert "| goal | backend | measured | verdict |" in proc.stdout
