@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -287,19 +286,6 @@ def table_lines(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     return lines
 
 
-def spawn(job: dict[str, Any]) -> dict[str, Any]:
-    """``worker(job)`` in a fresh process (``python benchmarks/paced.py --worker JOB``)."""
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"paced worker {job} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
-
-
 def main() -> None:
     """Standalone: record the paced stream, serve it from a replay server, measure, print."""
     import _record
@@ -308,19 +294,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="run.py's --quick sizes")
     parser.add_argument("--out", type=Path, help="also write the results (JSON) to this file")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     bench.raise_fd_limit()
-    if args.worker:
-        job = json.loads(args.worker)
-        print(json.dumps(anyio.run(worker, job, backend=job["backend"])))
-        return
     cfg = bench.QUICK if args.quick else bench.FULL
     recording = _record.record(1, 1, cfg["paced_deltas"])
     with tempfile.TemporaryDirectory() as tmp:
         server, port = bench.start_server(recording, Path(tmp))
         try:
-            results = run(port, cfg, spawn)
+            results = run(port, cfg, bench.run_worker)
         finally:
             assert server.stdin is not None
             server.stdin.close()

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -126,67 +128,51 @@ def test_the_public_api_listing_matches_all() -> None:
     assert len(listed) == len(set(listed))
 
 
-def sessions_code() -> str:
-    text = section("Agent sessions: the same machine drives turns")
-    start, end = "<!-- sessions:start -->\n", "<!-- sessions:end -->"
+def marked_code(title: str, marker: str) -> str:
+    """The one ```python block between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in
+    the README's ``## title`` section."""
+    text = section(title)
+    start, end = f"<!-- {marker}:start -->\n", f"<!-- {marker}:end -->"
     marked = text[text.index(start) + len(start) : text.index(end)]
     match = re.fullmatch(r"```python\n(.*)```\n", marked, re.S)
-    assert match is not None, "the sessions markers must hold one ```python block"
+    assert match is not None, f"the {marker} markers must hold one ```python block"
     return match.group(1)
 
 
-def test_the_sessions_example_runs_as_written(tmp_path: Path) -> None:
-    script = tmp_path / "sessions.py"
-    script.write_text(sessions_code(), encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+def run_script(
+    tmp_path: Path, code: str, *args: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``code`` written to a file and run as ``python [args] file`` in ``tmp_path``."""
+    script = tmp_path / "example.py"
+    script.write_text(code, encoding="utf-8")
+    return subprocess.run(
+        [sys.executable, *args, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
     )
+
+
+SESSIONS = ("Agent sessions: the same machine drives turns", "sessions")
+ADMISSION = ("Many runs at once: admission control", "admission")
+
+
+def test_the_sessions_example_runs_as_written(tmp_path: Path) -> None:
+    done = run_script(tmp_path, marked_code(*SESSIONS), timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout == 'completed 1 get_weather returned "sunny in Oslo".\ncompleted Found.\n'
     assert done.stderr == ""
 
 
-def test_the_sessions_example_passes_mypy_strict(tmp_path: Path) -> None:
-    script = tmp_path / "sessions.py"
-    script.write_text(sessions_code(), encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-def admission_code() -> str:
-    text = section("Many runs at once: admission control")
-    start, end = "<!-- admission:start -->\n", "<!-- admission:end -->"
-    marked = text[text.index(start) + len(start) : text.index(end)]
-    match = re.fullmatch(r"```python\n(.*)```\n", marked, re.S)
-    assert match is not None, "the admission markers must hold one ```python block"
-    return match.group(1)
-
-
 def test_the_admission_example_runs_as_written(tmp_path: Path) -> None:
-    script = tmp_path / "admission.py"
-    script.write_text(admission_code(), encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
-    )
+    done = run_script(tmp_path, marked_code(*ADMISSION), timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "300 {'completed'}\n"
     assert done.stderr == ""
 
 
-def test_the_admission_example_passes_mypy_strict(tmp_path: Path) -> None:
-    script = tmp_path / "admission.py"
-    script.write_text(admission_code(), encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
+@pytest.mark.parametrize("example", [SESSIONS, ADMISSION], ids=["sessions", "admission"])
+def test_the_example_passes_mypy_strict(tmp_path: Path, example: tuple[str, str]) -> None:
+    done = run_script(tmp_path, marked_code(*example), "-m", "mypy", "--strict", timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
