@@ -9,11 +9,12 @@ those frames, so every benchmark path reads the same emulator stream.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import httpx2
 
-from runmachine.testing import Emulator, Scenario
+from runmachine.testing import Emulator, Scenario, TurnScenario
 
 Frames = list[bytes]
 #: scenario name -> [segment 0 frames, segment 1 frames, ...]
@@ -99,3 +100,113 @@ def record(deltas: int, many_deltas: int, paced_deltas: int) -> Recording:
 def count(frames: Frames, event: str) -> int:
     marker = f"event: {event}\n".encode()
     return sum(frame.startswith(marker) for frame in frames)
+
+
+# --- agent-session turns -------------------------------------------------------------------
+
+#: scenario name -> what the replay of one turn on its own fresh session needs (bytes as the
+#: emulator sent them): ``session_id``; ``session`` and ``turns``, the bodies of
+#: ``GET .../sessions/{id}`` and ``GET .../turns?limit=20&order=desc`` on the idle session;
+#: ``stream``, the ``GET .../events`` frames split where the client acts: ``[connect]`` (the
+#: status event a stream gets on connecting), then the frames the input starts (up to and with
+#: the ``agent.session.requires_action`` of a tool round), then, for a tool round, the frames its
+#: results start (to the ``agent.session.idle`` that ends the turn); ``calls``, the calls of the
+#: round.
+SessionRecording = dict[str, dict[str, Any]]
+
+SESSION_TOOLS = [{"type": "function", "name": "echo", "parameters": {"type": "object"}}]
+
+
+def _sse_events(chunks: Iterable[bytes]) -> Iterator[tuple[bytes, Any]]:
+    """The ``data:`` frames of an SSE body with their decoded events (keep-alives dropped)."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *blocks, pending = pending.split(b"\n\n")
+        for block in blocks:
+            if block.startswith(b"data: "):
+                yield block + b"\n\n", json.loads(block[6:])
+    raise RuntimeError("the session's event stream ended before the turn did")
+
+
+def _play_turn(client: httpx2.Client, emulator: Emulator, scenario: TurnScenario) -> dict[str, Any]:
+    """One turn of ``scenario`` on a fresh idle session, as a client drives it: subscribe, send
+    the input, answer the round's calls ``"ok"`` (in one POST) when it requires action, read to
+    the ``agent.session.idle`` that ends the turn. Returns its ``SessionRecording`` entry."""
+    created = client.post(
+        "/agents/sessions",
+        json={
+            "environment": {"type": "none"},
+            "agent": {"model": "gpt-4o", "tools": SESSION_TOOLS},
+        },
+    )
+    created.raise_for_status()
+    sid = created.json()["id"]
+    session = client.get(f"/agents/sessions/{sid}")
+    turns = client.get(f"/agents/sessions/{sid}/turns", params={"limit": 20, "order": "desc"})
+    session.raise_for_status()
+    turns.raise_for_status()
+
+    def post(*events: Any) -> None:
+        client.post(f"/agents/sessions/{sid}/events", json={"events": events}).raise_for_status()
+
+    emulator.enqueue_turn(scenario)
+    parts: list[Frames] = [[]]
+    calls: list[int] = []
+    ended = False
+    with client.stream("GET", f"/agents/sessions/{sid}/events") as response:
+        response.raise_for_status()
+        text = [{"type": "input_text", "text": "benchmark"}]
+        post({"type": "agent.session.input.message", "input": [{"role": "user", "content": text}]})
+        for frame, event in _sse_events(response.iter_bytes()):
+            parts[-1].append(frame)
+            kind = event["type"]
+            if len(parts) == 1:  # the status event of a new stream is a part of its own
+                parts.append([])
+            elif kind == "agent.session.requires_action":
+                actions = event["session"]["required_actions"]
+                calls.append(len(actions))
+                post(
+                    *(
+                        {
+                            "type": "agent.session.input.tool_result",
+                            "turn_id": a["turn_id"],
+                            "call_id": a["call_id"],
+                            "success": True,
+                            "output": "ok",
+                        }
+                        for a in actions
+                    )
+                )
+                parts.append([])
+            elif kind == "agent.session.turn.completed":
+                ended = True
+            elif ended and kind == "agent.session.idle":
+                break
+    if len(calls) > 1:
+        raise ValueError("a benchmark turn has at most one tool round")
+    return {
+        "session_id": sid,
+        "session": session.content,
+        "turns": turns.content,
+        "stream": parts,
+        "calls": calls[0] if calls else 0,
+    }
+
+
+def record_sessions(deltas: int) -> SessionRecording:
+    """The agent-session turns the benchmarks use, each on its own fresh session:
+
+    - ``text``: a turn replying with ``deltas`` text deltas (event throughput);
+    - ``tools1`` / ``tools16``: one round of 1 or 16 calls of ``echo`` (answered ``"ok"``), then
+      a short reply (handoff latency; ``tools1`` also for memory).
+    """
+    round16 = [("echo", {"i": i}) for i in range(16)]
+    scenarios = {
+        "text": TurnScenario().reply(words(deltas)),
+        "tools1": TurnScenario().tool_round([("echo", {"i": 0})]).reply("Done."),
+        "tools16": TurnScenario().tool_round(round16).reply("Done."),
+    }
+    emulator = Emulator()
+    with emulator.serve() as base_url, httpx2.Client(base_url=base_url, timeout=120) as client:
+        return {name: _play_turn(client, emulator, s) for name, s in scenarios.items()}
