@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 from openai.lib.streaming._assistants import accumulate_event, accumulate_run_step
 from openai.types.beta import AssistantStreamEvent
-from openai.types.beta.threads import Message, MessageDelta, Run, TextContentBlock
+from openai.types.beta.threads import Message, MessageDelta, Run, Text, TextContentBlock
 from openai.types.beta.threads.runs import RunStep, ToolCall
 
 from runmachine import errors, lifecycle
@@ -38,7 +37,29 @@ from runmachine.records import ToleratedEvent, TransitionRecord
 if TYPE_CHECKING:
     from transitions.core import EventData
 
-__all__ = ["CoreBase", "RunCore", "required_call_ids"]
+__all__ = ["CoreBase", "RunCore", "append_text", "required_call_ids"]
+
+
+_MISSING: Any = object()
+
+
+def append_text(text: Text, piece: str) -> None:
+    """``text.value += piece``, in time linear in the text's length over a whole stream.
+
+    ``text.value += piece`` on the attribute copies the whole text every time (a long answer's
+    deltas would cost time quadratic in its length). Taken out of the model's ``__dict__`` for
+    the append, the text is held by nothing else, and CPython appends to such a string in place;
+    where anything else holds it (a hook that kept ``snapshot.value``), it is copied, as strings
+    are immutable. No ``await`` in between: no other task sees the text missing."""
+    fields = text.__dict__
+    value = fields.pop("value", _MISSING)
+    if type(value) is not str:  # none, or not a string (a ``construct``-ed model): as the SDK
+        if value is not _MISSING:
+            fields["value"] = value
+        text.value += piece
+        return
+    value += piece
+    fields["value"] = value
 
 
 def required_call_ids(run: Run | None) -> frozenset[str]:
@@ -87,7 +108,8 @@ class CoreBase:
         self._submitted: set[frozenset[str]] = set()
         self._pending_outputs: frozenset[str] = frozenset()
         self._busy: object | None = None
-        self._queue: deque[tuple[str, Any]] = deque()
+        #: Triggers queued behind the running one (rare: a list, lighter than a deque).
+        self._queue: list[tuple[str, Any]] = []
         self._idle: anyio.Event | None = None
 
     @property
@@ -212,7 +234,7 @@ class CoreBase:
         try:
             moved = await self.engine.fire(trigger, self, run=run)
             while self._queue:
-                queued, queued_run = self._queue.popleft()
+                queued, queued_run = self._queue.pop(0)
                 await self.engine.fire(queued, self, run=queued_run)
         finally:
             self._busy = None
@@ -520,7 +542,7 @@ class RunCore(CoreBase):
                 # The fast path: append the text in place, as the SDK's accumulation would.
                 piece = part.text
                 if piece is not None and piece.value:
-                    cast(TextContentBlock, content[index]).text.value += piece.value
+                    append_text(cast(TextContentBlock, content[index]).text, piece.value)
             else:
                 _, new = accumulate_event(
                     event=_one_part(event, part), current_message_snapshot=snapshot

@@ -100,6 +100,8 @@ ToolErrorPolicy = Callable[
     [ToolCallRecord, BaseException], "Awaitable[bool | str | None] | bool | str | None"
 ]
 Sink = Callable[[AssistantStreamEvent], Awaitable[None]]
+#: A round's submission: where, its number, the calls it answers and their outputs.
+_Submission = tuple[RunRef, int, frozenset[str], dict[str, str]]
 
 
 class DriverBase:
@@ -114,6 +116,41 @@ class DriverBase:
 
     #: What is driven, in messages ("run", "turn").
     noun: ClassVar[str] = "run"
+
+    # Slots: one driver per run, and more attributes than an instance dict shares keys for.
+    __slots__ = (
+        "bound",
+        "cancel_sent",
+        "core",
+        "error",
+        "failing",
+        "handing_off",
+        "holder",
+        "identical",
+        "inner_ledger",
+        "last_calls",
+        "lease",
+        "lease_lost",
+        "leased",
+        "ledger",
+        "local_leases",
+        "lost_content",
+        "machine_name",
+        "on_tool_error",
+        "options",
+        "orphan",
+        "owner",
+        "records",
+        "renewed_at",
+        "resubmitted",
+        "round_failed",
+        "round_scope",
+        "rounds",
+        "scope",
+        "sent_here",
+        "sink",
+        "tools",
+    )
 
     def __init__(
         self,
@@ -719,6 +756,7 @@ class Driver(DriverBase):
     """Drives one Assistants run, fed into ``core``, from creation (or adoption) to its end,
     talking to the server through ``backend``."""
 
+    __slots__ = ("_tail", "_tails", "backend", "request", "requested_at", "run_clock")
     core: RunCore
 
     def __init__(
@@ -885,7 +923,15 @@ class Driver(DriverBase):
             )
 
     async def _round(self) -> None:
-        """One ``requires_action`` round: guards, tools, one submission, what follows."""
+        """One ``requires_action`` round: guards, tools, one submission, what follows. The
+        submission streams from here, so that nothing of the round (the run it answers, its
+        calls) is held while it does: the core holds the run as it is now."""
+        submission = await self._prepare_round()
+        if submission is not None:
+            await self._submit(*submission)
+
+    async def _prepare_round(self) -> _Submission | None:
+        """The round's guards and tools: what to submit, or None (nothing to submit here)."""
         run = self.core.current_run()
         assert run is not None
         calls = self.backend.required_calls(run)
@@ -897,14 +943,13 @@ class Driver(DriverBase):
         sent = entry.round_for(call_ids)
         if sent is not None and (sent.accepted or sent.round in self.sent_here):
             # The same calls again after their round was accepted: never run them again.
-            await self._same_round_again(run, sent, entry)
-            return
+            return await self._same_round_again(run, sent, entry)
         if sent is not None:
             # Sent by a process that stopped before it learned the outcome. The server presents
             # the round again, so it never took it: send the recorded outputs, running nothing.
             self.records.extend(record_from(entry.calls[c.id]) for c in calls)
-            await self._submit(run, sent.round, call_ids, _recorded_outputs(entry, calls))
-            return
+            ref = self.backend.ref(run)
+            return ref, sent.round, call_ids, _recorded_outputs(entry, calls)
 
         await self._next_round(run.id, calls, entry)
         outputs = await self._run_tools(
@@ -920,11 +965,14 @@ class Driver(DriverBase):
             ),
         )
         if self.core.state != lifecycle.REQUIRES_ACTION:
-            return  # cancelled while the tools ran (a hook asked): nothing is submitted
-        await self._submit(run, self.rounds, call_ids, outputs)
+            return None  # cancelled while the tools ran (a hook asked): nothing is submitted
+        return self.backend.ref(run), self.rounds, call_ids, outputs
 
-    async def _same_round_again(self, run: Run, sent: RoundEntry, entry: RunEntry) -> None:
-        """The server presents a round whose outputs were already submitted."""
+    async def _same_round_again(
+        self, run: Run, sent: RoundEntry, entry: RunEntry
+    ) -> _Submission | None:
+        """The server presents a round whose outputs were already submitted: what to submit
+        again (once), or None (it did not, after all)."""
         call_ids = sent.call_ids
         confirmed, _ = await self._read_back(self.backend.ref(run))
         if (
@@ -932,7 +980,7 @@ class Driver(DriverBase):
             or required_call_ids(confirmed) != call_ids
         ):
             await self.core.observe_status(confirmed)
-            return
+            return None
         if self.resubmitted[call_ids] >= 1:
             await self._abort(
                 RequiresActionLoop,
@@ -942,7 +990,7 @@ class Driver(DriverBase):
         self.resubmitted[call_ids] += 1
         self.core.forget_submission(call_ids)
         calls = self.backend.required_calls(confirmed)
-        await self._submit(run, sent.round, call_ids, _recorded_outputs(entry, calls))
+        return self.backend.ref(run), sent.round, call_ids, _recorded_outputs(entry, calls)
 
     def _round_deadline(self, run: Run) -> float:
         """When this round's outputs must be submitted, on the local monotonic clock.
@@ -974,13 +1022,13 @@ class Driver(DriverBase):
     # ----------------------------------------------------------------------------------------
 
     async def _submit(
-        self, run: Run, round_no: int, call_ids: frozenset[str], outputs: dict[str, str]
+        self, ref: RunRef, round_no: int, call_ids: frozenset[str], outputs: dict[str, str]
     ) -> None:
         core = self.core
         ledger = self.ledger
         backend = self.backend
-        ref = backend.ref(run)
-        await ledger.round_submitted(run.id, round_no, call_ids)
+        run_id = ref.run_id
+        await ledger.round_submitted(run_id, round_no, call_ids)
         self.sent_here.add(round_no)
 
         answered = False
@@ -988,7 +1036,7 @@ class Driver(DriverBase):
         async def accepted() -> None:
             nonlocal answered
             answered = True
-            await ledger.round_accepted(run.id, round_no)
+            await ledger.round_accepted(run_id, round_no)
 
         async def moved_on(confirmed: Run) -> None:
             # The run is past this round: the server took it, unless it ended for other reasons.
@@ -1041,7 +1089,7 @@ class Driver(DriverBase):
             return
         await self._abort(
             RunAborted,
-            f"the server did not accept the tool outputs of run {run.id} after "
+            f"the server did not accept the tool outputs of run {run_id} after "
             f"{self.options.submit_attempts} attempts",
         )
 
@@ -1096,6 +1144,7 @@ class Driver(DriverBase):
                     self._saw_run_time(event.data)
                 if sink is not None:
                     await sink(event)
+                del event  # not held while the next one is awaited
         except StreamLost as exc:
             core.record_stream_error(exc.__cause__ if exc.__cause__ is not None else exc)
             raise

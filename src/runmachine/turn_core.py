@@ -31,7 +31,7 @@ from openai.types.beta.agents.sessions.turn import Turn
 from openai.types.beta.threads import Text, TextDelta
 
 from runmachine import lifecycle
-from runmachine.core import CoreBase
+from runmachine.core import CoreBase, append_text
 from runmachine.engine import Engine, engine_for
 from runmachine.errors import ProtocolViolation
 from runmachine.records import ToleratedEvent
@@ -332,7 +332,7 @@ class TurnCore(CoreBase):
             text = self._texts.get((event.item_id, event.content_index))
             if text is None:
                 text = self._new_text(event.item_id, event.content_index, "")
-            text.value += event.delta
+            append_text(text, event.delta)
             if "on_text_delta" in hooks:
                 await self.call_hook("on_text_delta", TextDelta(value=event.delta), text)
         elif name == lifecycle.TURN_CONTENT_PART_ADDED:

@@ -114,6 +114,16 @@ class TurnDriver(DriverBase):
     approvals nobody has answered), talking to the server through ``backend``."""
 
     noun: ClassVar[str] = "turn"
+    __slots__ = (
+        "_events",
+        "_source",
+        "backend",
+        "before_turn",
+        "given",
+        "input_sent",
+        "on_approval",
+        "pending",
+    )
     core: TurnCore
 
     def __init__(

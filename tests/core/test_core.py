@@ -11,7 +11,7 @@ from runmachine import HookError, ProtocolViolation, RunCore, RunMachine, lifecy
 from runmachine.engine import engine_for
 from runmachine.errors import DuplicateSubmission, RunMachineError
 
-from .events import required_action, run_event
+from .events import message_created, required_action, run_event, text_delta
 
 pytestmark = pytest.mark.anyio
 
@@ -203,3 +203,53 @@ async def test_the_engine_drives_machines_without_keeping_them() -> None:
     engine = machines[0].core.engine
     assert engine is machines[-1].core.engine  # one engine for the class, shared
     assert engine.models == []  # ... holding none of the machines it drives
+
+
+async def test_streamed_text_is_the_deltas_joined_and_every_snapshot_seen_stays_as_it_was() -> None:
+    """The text is appended in place where nothing else holds it (linear over a long answer),
+    and copied where something does: what a hook kept of ``snapshot.value`` never changes."""
+    seen: list[tuple[str, str]] = []
+
+    class Keeper:
+        async def on_text_delta(self, delta: Any, snapshot: Any) -> None:
+            seen.append((delta.value, snapshot.value))
+
+    core = RunCore(Keeper(), hooks=frozenset({"on_text_delta"}))
+    for name in ("thread.run.created", "thread.run.in_progress"):
+        await core.feed(run_event(name))
+    await core.feed(message_created())
+    pieces = [f"piece {i}; " for i in range(500)]
+    for i, piece in enumerate(pieces):
+        await core.feed(text_delta(piece, first=i == 0))
+    assert core.text() == "".join(pieces)
+    assert [delta for delta, _ in seen] == pieces
+    assert [value for _, value in seen] == ["".join(pieces[: i + 1]) for i in range(500)]
+
+    # Without a hook nothing else holds the text: the same result.
+    quiet = RunCore()
+    for name in ("thread.run.created", "thread.run.in_progress"):
+        await quiet.feed(run_event(name))
+    await quiet.feed(message_created())
+    for i, piece in enumerate(pieces):
+        await quiet.feed(text_delta(piece, first=i == 0))
+    snapshot = quiet.current_message_snapshot()
+    assert snapshot is not None
+    assert quiet.text() == "".join(pieces)
+    assert snapshot.model_fields_set >= {"content"}
+
+
+def test_append_text_keeps_the_model_whole_even_without_a_value() -> None:
+    from openai.types.beta.threads import Text
+
+    from runmachine.core import append_text
+
+    text = Text(value="a", annotations=[])
+    held = text.value
+    append_text(text, "b")
+    assert (text.value, held) == ("ab", "a")
+    assert text.model_dump() == {"value": "ab", "annotations": []}
+    bare = Text.construct(annotations=[])  # as the SDK constructs a payload that lacks it
+    assert bare.value is None
+    with pytest.raises(TypeError):
+        append_text(bare, "x")  # what ``bare.value += "x"`` raises
+    assert bare.__dict__["value"] is None  # put back as it was

@@ -77,6 +77,7 @@ async def _decode(
                 event = build(name, data)
                 if event is not None:  # [DONE]: keep reading so the connection can be reused
                     yield event
+                del event, data  # not held while the next chunk is awaited
         for name, data in parser.close():
             event = build(name, data)
             if event is not None:
