@@ -3,15 +3,23 @@
 
 Run as its own process (``python benchmarks/_replay.py RECORDING``): it prints its port on the
 first line of stdout and serves until its stdin closes. The benchmark clients point the SDK at
-``http://127.0.0.1:PORT/<scenario>/<pace_ms>/v1``:
+``http://127.0.0.1:PORT/<scenario>/<pace>/v1``:
 
 - ``POST .../runs`` (and ``.../threads/runs``) answer with segment 0 of the scenario, and
   ``POST .../submit_tool_outputs`` with segment 1 (every benchmark scenario has at most one
   tool round);
-- with ``pace_ms`` 0, each SSE event is written on its own and the server yields to its loop
-  between events, as a live server does; with ``pace_ms`` > 0, the ``thread.message.delta``
-  events go out one per tick of a single process-wide ticker, ``pace_ms`` apart (one timer for
-  every open stream, so thousands of paced streams cost one write each per tick).
+- with ``pace`` 0, each SSE event is written on its own and the server yields to its loop
+  between events, as a live server does; with ``pace`` a number of milliseconds > 0, the
+  ``thread.message.delta`` events go out one per tick of a single process-wide ticker, that far
+  apart (one timer for every open stream, so thousands of paced streams cost one write each per
+  tick);
+- with ``pace`` ``hold<K>`` (``hold3``), streams go out unpaced, but segment 1 stops right after
+  its ``K``-th text delta and is held there until ``POST /release``: thousands of runs can be
+  held at the very same point of their submit stream at once (``benchmarks/memory.py``).
+  ``GET /held`` answers how many streams are held (a JSON object: ``held``, and ``bytes``, the
+  body bytes each held stream has been sent); ``GET /held?n=N`` answers once at least ``N``
+  are, every byte before the hold point handed to the kernel. ``POST /release`` lets every held
+  stream finish and answers how many it released (``released``).
 
 Every response carries a ``Date`` header, as a live server's do (the driver reads the server's
 clock from it), and the run objects' timestamps (``created_at``, ``expires_at``, ...) are
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import pickle
 import re
 import sys
@@ -52,6 +61,8 @@ NOT_FOUND = (
     + NOT_FOUND_BODY
 )
 
+
+JSON_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
 
 #: A Unix timestamp field of a run, step or message object, as the emulator writes it.
 STAMP = re.compile(rb'"([a-z_]+_at)":(\d{9,})')
@@ -83,12 +94,24 @@ class Segment:
         return self._rendered[1]
 
 
+def hold_index(frames: list[bytes], deltas: int) -> int:
+    """How many frames come before the hold point ``deltas`` text deltas into ``frames``."""
+    seen = 0
+    for i, frame in enumerate(frames):
+        if frame.startswith(DELTA):
+            seen += 1
+            if seen == deltas:
+                return i + 1
+    raise ValueError(f"a hold after {deltas} text deltas: the stream has only {seen}")
+
+
 class Rendered:
     """One stream's chunks, split for pacing: ``head`` before the first delta, then ``steps``
     (each delta with the non-delta frames that follow it up to the next delta)."""
 
     def __init__(self, frames: list[bytes]) -> None:
         chunks = [_chunk(f) for f in frames]
+        self.frames = frames
         self.all = chunks
         first = next((i for i, f in enumerate(frames) if f.startswith(DELTA)), len(frames))
         self.head = b"".join(chunks[:first])
@@ -98,6 +121,12 @@ class Rendered:
                 self.steps.append(chunks[i])
             else:
                 self.steps[-1] += chunks[i]
+
+    def held(self, deltas: int) -> tuple[list[bytes], list[bytes], int]:
+        """The chunks before and after the hold point ``deltas`` text deltas in, and the body
+        bytes before it."""
+        index = hold_index(self.frames, deltas)
+        return self.all[:index], self.all[index:], sum(map(len, self.frames[:index]))
 
 
 class Ticker:
@@ -138,17 +167,54 @@ class Ticker:
             self.streams = keep
 
 
+class Hold:
+    """The streams held mid-way, until ``release``."""
+
+    def __init__(self) -> None:
+        self.held = 0
+        self.bytes = 0
+        self.released = asyncio.Event()
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    async def hold(self, body_bytes: int) -> None:
+        """Count one more stream held (``body_bytes`` sent), and wait for the next release."""
+        released = self.released
+        self.held += 1
+        self.bytes = body_bytes
+        for n, waiter in self._waiters:
+            if self.held >= n and not waiter.done():
+                waiter.set_result(None)
+        self._waiters = [(n, w) for n, w in self._waiters if not w.done()]
+        await released.wait()
+
+    async def until(self, n: int) -> None:
+        """Wait until at least ``n`` streams are held."""
+        if self.held < n:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append((n, waiter))
+            await waiter
+
+    def release(self) -> int:
+        """Let every held stream go on; how many there were."""
+        released, self.held = self.held, 0
+        self.released.set()
+        self.released = asyncio.Event()
+        return released
+
+
 class Server:
     def __init__(self, recording: dict[str, list[list[bytes]]]) -> None:
         self.segments = {name: [Segment(s) for s in segs] for name, segs in recording.items()}
         self.tickers: dict[int, Ticker] = {}
+        self.holds = Hold()
 
-    def _route(self, path: str) -> tuple[Segment, int] | None:
+    def _route(self, path: str) -> tuple[Segment, int, int | None] | None:
+        """The segment ``path`` asks for, its pace in ms, and its hold point (text deltas in),
+        if it is held."""
         parts = path.split("?", 1)[0].strip("/").split("/")
         if len(parts) < 4 or parts[0] not in self.segments:
             return None
         segments = self.segments[parts[0]]
-        pace = int(parts[1])
         if parts[-1] == "submit_tool_outputs":
             index = 1
         elif parts[-1] == "runs":
@@ -157,7 +223,43 @@ class Server:
             return None
         if index >= len(segments):
             return None
-        return segments[index], pace
+        if parts[1].startswith("hold"):
+            return segments[index], 0, int(parts[1][4:]) if index == 1 else None
+        return segments[index], int(parts[1]), None
+
+    async def _control(self, method: str, path: str) -> bytes | None:
+        """The answer to a control request (``/held``, ``/release``), or None for another."""
+        route, _, query = path.partition("?")
+        if route == "/held" and method == "GET":
+            if query.startswith("n="):
+                await self.holds.until(int(query[2:]))
+            body = json.dumps({"held": self.holds.held, "bytes": self.holds.bytes}).encode()
+        elif route == "/release" and method == "POST":
+            body = json.dumps({"released": self.holds.release()}).encode()
+        else:
+            return None
+        return JSON_HEAD % len(body) + body
+
+    @staticmethod
+    async def _unpaced(writer: asyncio.StreamWriter, chunks: list[bytes]) -> None:
+        """Each chunk written on its own, yielding to the loop between them."""
+        transport = writer.transport
+        for chunk in chunks:
+            writer.write(chunk)
+            if transport.get_write_buffer_size() > 65536:
+                await writer.drain()
+            else:
+                await asyncio.sleep(0)
+
+    @staticmethod
+    async def _flushed(writer: asyncio.StreamWriter) -> None:
+        """Wait until every byte written is handed to the kernel."""
+        transport = writer.transport
+        transport.set_write_buffer_limits(high=0)  # drain() now waits for an empty buffer
+        try:
+            await writer.drain()
+        finally:
+            transport.set_write_buffer_limits()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         transport = writer.transport
@@ -165,7 +267,7 @@ class Server:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 lines = head.decode("latin-1").split("\r\n")
-                _, path, _ = lines[0].split(" ", 2)
+                method, path, _ = lines[0].split(" ", 2)
                 length = 0
                 for line in lines[1:]:
                     name, _, value = line.partition(":")
@@ -173,11 +275,15 @@ class Server:
                         length = int(value.strip())
                 if length:
                     await reader.readexactly(length)
+                control = await self._control(method, path)
+                if control is not None:
+                    writer.write(control)
+                    continue
                 route = self._route(path)
                 if route is None:
                     writer.write(NOT_FOUND)
                     continue
-                segment, pace = route
+                segment, pace, hold = route
                 now = time.time()
                 rendered = segment.at(now)
                 writer.write(HEAD % formatdate(now, usegmt=True).encode())
@@ -188,13 +294,14 @@ class Server:
                         ticker = self.tickers[pace] = Ticker(pace / 1000)
                     if rendered.steps:
                         await ticker.add(transport, rendered.steps)
+                elif hold is not None:
+                    before, after, sent = rendered.held(hold)
+                    await self._unpaced(writer, before)
+                    await self._flushed(writer)
+                    await self.holds.hold(sent)
+                    await self._unpaced(writer, after)
                 else:
-                    for chunk in rendered.all:
-                        writer.write(chunk)
-                        if transport.get_write_buffer_size() > 65536:
-                            await writer.drain()
-                        else:
-                            await asyncio.sleep(0)
+                    await self._unpaced(writer, rendered.all)
                 writer.write(END)
                 await writer.drain()
         writer.close()

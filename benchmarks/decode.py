@@ -20,6 +20,11 @@ Prints, as JSON (the figures ``measure`` returns):
   client without strict validation). For each: CPU µs per event (each dropped once built, as a
   stream drops it), and the bytes tracemalloc sees held per decoded event while many are kept.
 
+- ``text``: CPU µs per text delta for ``RunCore`` to take a message of ``small`` and of
+  ``large`` (4 × as many) deltas of the recording, no hooks: the text is appended to the
+  snapshot each time, and an append that copies the text so far is quadratic (``ratio`` well
+  above 1; it was 8 × for 100,000 deltas against 25,000).
+
 Figures are medians over repetitions; compare the ratios, taken side by side in one process.
 """
 
@@ -35,11 +40,13 @@ from collections.abc import Callable
 from typing import Any
 
 import _record
+import anyio
 from openai._models import construct_type
 from openai.types.beta import AssistantStreamEvent
 from pydantic import ValidationError
 
 from runmachine.backends.sse import EVENT_TYPES, SSEParser, build_event
+from runmachine.core import RunCore
 
 EVENT = "thread.run.requires_action"
 KIB = 1024
@@ -158,16 +165,56 @@ def requires_action_data(recording: _record.Recording) -> str:
     raise AssertionError(f"no {EVENT} frame in the tools1 recording")
 
 
+def _text_events(recording: _record.Recording) -> tuple[list[Any], Any]:
+    """The events of the recording's "text" scenario up to its first text delta, and a later
+    delta (fed again and again: the core never changes an event)."""
+    parser = SSEParser()
+    events = [
+        build_event(name, data)
+        for frame in recording["text"][0]
+        for name, data in parser.feed(frame)
+        if not data.startswith("[DONE]")
+    ]
+    deltas = [i for i, e in enumerate(events) if e.event == "thread.message.delta"]
+    return events[: deltas[0] + 1], events[deltas[1]]
+
+
+def _cpu_per_delta(head: list[Any], delta: Any, count: int) -> float:
+    async def work() -> float:
+        core = RunCore()
+        for event in head:
+            await core.feed(event)
+        feed = core.feed
+        started = time.process_time()
+        for _ in range(count):
+            await feed(delta)
+        elapsed = time.process_time() - started
+        if len(core.text()) < count:
+            raise AssertionError("the deltas were not all taken")
+        return elapsed / count * 1e6
+
+    return anyio.run(work)
+
+
+def text_figures(recording: _record.Recording, reps: int, small: int) -> dict[str, float]:
+    head, delta = _text_events(recording)
+    a = statistics.median(_cpu_per_delta(head, delta, small) for _ in range(reps))
+    b = statistics.median(_cpu_per_delta(head, delta, 4 * small) for _ in range(reps))
+    return {"small": small, "large": 4 * small, "us_small": a, "us_large": b, "ratio": b / a}
+
+
 def measure(quick: bool, recording: _record.Recording | None = None) -> dict[str, Any]:
     """Every figure of the module docstring; ``recording`` (``_record.record``'s) saves
     recording a small one from the emulator."""
     reps = 3 if quick else 7
     events = 500 if quick else 5000
-    data = requires_action_data(recording or _record.record(1, 1, 1))
+    recording = recording or _record.record(10, 1, 1)
+    data = requires_action_data(recording)
     return {
         "config": {"quick": quick, "reps": reps, "events": events},
         "parser": parser_figures(reps),
         "run_event": run_event_figures(data, reps, events),
+        "text": text_figures(recording, reps, 10_000 if quick else 25_000),
     }
 
 

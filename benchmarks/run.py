@@ -1,14 +1,17 @@
-"""runmachine's benchmarks: event throughput, handoff latency, tool fan-out, many runs in one
-process, and the cost of the machine itself, each against the SDK measured in the same run.
+"""runmachine's benchmarks, each against the SDK (and a floor: the same bytes read raw through
+the same client) measured side by side in the same run: handoff latency, memory per concurrent
+run held mid-stream, scale to thousands of runs, paced streams on each transport, event
+throughput and tool fan-out, the decode path, the machine itself, and agent-session turns.
 
-    python benchmarks/run.py            # everything; writes results.json and the README table
-    python benchmarks/run.py --quick    # the same, smaller (< 60 s on 2 cores); results-quick.json
+    python benchmarks/run.py                  # everything; writes results.json and the README
+    python benchmarks/run.py --quick          # the same, much smaller (a smoke run, a few minutes)
+    python benchmarks/run.py --only memory    # some sections again, merged into the results file
 
 The streams are recorded once from ``runmachine.testing.Emulator`` (``_record.py``) and replayed
 byte for byte by a lean server in its own process (``_replay.py``), so every path reads the very
 same emulator stream and the server is never the slow part. Figures are medians over at least 5
 repetitions after a warm-up; every comparison is a ratio of two figures taken side by side.
-The "many runs" measurements run in fresh worker processes (peak RSS is per process).
+Whatever measures a process's memory or many runs at once runs in fresh worker processes.
 """
 
 from __future__ import annotations
@@ -524,103 +527,151 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "missed"
 
 
+def _handoff_rows(backend: str, calls: str, d: dict[str, Any]) -> list[dict[str, Any]]:
+    rm, rc, fl = d["runmachine"], d["recipe"], d["floor"]
+    med, tail = rm["median_ms"] / rc["median_ms"], rm["p99_ms"] / rc["p99_ms"]
+    plural = "s" if calls != "1" else ""
+    bound = HANDOFF_BOUND[calls]
+    return [
+        {
+            "id": f"1-handoff-{calls}-{backend}",
+            "goal": f"1. handoff, {calls} call{plural}: median and p99 ≤ 1.0 × the recipe",
+            "backend": backend,
+            "measured": f"median {rm['median_ms']:.2f} ms ({med:.2f} ×), p99 "
+            f"{rm['p99_ms']:.2f} ms ({tail:.2f} ×); recipe {rc['median_ms']:.2f} / "
+            f"{rc['p99_ms']:.2f} ms; floor {fl['median_ms']:.2f} / {fl['p99_ms']:.2f} ms",
+            "verdict": verdict(med <= 1.0 and tail <= 1.0),
+        },
+        {
+            "id": f"1-handoff-bound-{calls}-{backend}",
+            "goal": f"1. handoff, {calls} call{plural}, beside its floor row: median and "
+            f"p99 ≤ {bound} × the recipe",
+            "backend": backend,
+            "measured": f"{med:.2f} × / {tail:.2f} ×; above the floor: runmachine "
+            f"{rm['median_ms'] - fl['median_ms']:.2f} ms, recipe "
+            f"{rc['median_ms'] - fl['median_ms']:.2f} ms",
+            "verdict": verdict(med <= bound and tail <= bound),
+        },
+    ]
+
+
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every goal row of the sections in ``results``, numbered as the goals of issue 16: 1
+    handoff, 2 memory held, 3 scale, 4 paced streams, 5 throughput, fan-out and the parser, 6
+    agent-session turns."""
+    import memory
+    import scale
+
+    import sessions
+
     rows: list[dict[str, Any]] = []
-    for backend, t in results["throughput"].items():
+    for backend, h in results.get("handoff", {}).items():
+        for calls, d in h.items():
+            rows.extend(_handoff_rows(backend, calls, d))
+    if "memory" in results:
+        rows.extend(memory.goal_rows(results["memory"]))
+    if "scale" in results:
+        rows.extend(scale.goal_rows(results["scale"]))
+    if "paced" in results:
+        rows.extend(paced.goal_rows(results["paced"]))
+    for backend, t in results.get("throughput", {}).items():
         ok = t["r_vs_handler"] <= 0.35 and t["r_vs_floor"] <= 4
         rows.append(
             {
-                "id": f"1-throughput-{backend}",
-                "goal": "1. R ≤ 0.35 × (b) and R ≤ 4 × floor",
+                "id": f"5-throughput-{backend}",
+                "goal": "5. throughput: R ≤ 0.35 × (b) and R ≤ 4 × floor",
                 "backend": backend,
                 "measured": f"R = {t['r_vs_handler']:.2f} × (b), {t['r_vs_floor']:.2f} × floor",
                 "verdict": verdict(ok),
             }
         )
-    for backend, h in results["handoff"].items():
-        for calls, d in h.items():
-            rm, rc, fl = d["runmachine"], d["recipe"], d["floor"]
-            med, tail = rm["median_ms"] / rc["median_ms"], rm["p99_ms"] / rc["p99_ms"]
-            plural = "s" if calls != "1" else ""
-            rows.append(
-                {
-                    "id": f"2-handoff-{calls}-{backend}",
-                    "goal": f"2. handoff, {calls} call{plural}: median and p99 ≤ 1.0 × the recipe",
-                    "backend": backend,
-                    "measured": f"median {rm['median_ms']:.2f} ms ({med:.2f} ×), p99 "
-                    f"{rm['p99_ms']:.2f} ms ({tail:.2f} ×); recipe {rc['median_ms']:.2f} / "
-                    f"{rc['p99_ms']:.2f} ms; floor {fl['median_ms']:.2f} / {fl['p99_ms']:.2f} ms",
-                    "verdict": verdict(med <= 1.0 and tail <= 1.0),
-                }
-            )
-            bound = HANDOFF_BOUND[calls]
-            rows.append(
-                {
-                    "id": f"2-handoff-bound-{calls}-{backend}",
-                    "goal": f"2. handoff, {calls} call{plural}, beside its floor row: median and "
-                    f"p99 ≤ {bound} × the recipe",
-                    "backend": backend,
-                    "measured": f"{med:.2f} × / {tail:.2f} ×; above the floor: runmachine "
-                    f"{rm['median_ms'] - fl['median_ms']:.2f} ms, recipe "
-                    f"{rc['median_ms'] - fl['median_ms']:.2f} ms",
-                    "verdict": verdict(med <= bound and tail <= bound),
-                }
-            )
-    for backend, f in results["fanout"].items():
+    for backend, f in results.get("fanout", {}).items():
         rm = f["runmachine"]
         rows.append(
             {
-                "id": f"3-fanout-{backend}",
-                "goal": f"3. fan-out of {f['calls']} calls ≤ 1.2 × the slowest tool",
+                "id": f"5-fanout-{backend}",
+                "goal": f"5. fan-out of {f['calls']} calls ≤ 1.2 × the slowest tool",
                 "backend": backend,
                 "measured": f"{rm['ratio']:.2f} × (tool_concurrency=64); default 16: "
                 f"{f['runmachine_default']['ratio']:.2f} ×; recipe {f['recipe']['ratio']:.1f} ×",
                 "verdict": verdict(rm["ratio"] <= 1.2),
             }
         )
-    many = results["many"]
-    for backend, u in many["unpaced"].items():
-        rm = u["runmachine"]
-        ok = rm["completed"] == rm["runs"] and rm["per_run_bytes"] <= 64 * 1024
+    if "decode" in results:
+        rows.append(_parser_row(results["decode"]["parser"]))
+        text = results["decode"]["text"]
         rows.append(
             {
-                "id": f"4-memory-{backend}",
-                "goal": f"4. {rm['runs']} concurrent runs complete, ≤ 64 KiB per run",
-                "backend": backend,
-                "measured": f"{rm['completed']}/{rm['runs']} completed, "
-                f"{rm['per_run_bytes'] / 1024:.1f} KiB per run",
-                "verdict": verdict(ok),
+                "id": "5-text-linear",
+                "goal": "5. streamed text is linear: CPU per text delta of a "
+                f"{text['large']:,}-delta message ≤ 1.2 × that of a {text['small']:,}-delta one",
+                "backend": "asyncio",
+                "measured": f"{text['ratio']:.2f} × ({text['us_small']:.2f} → "
+                f"{text['us_large']:.2f} µs per delta)",
+                "verdict": verdict(text["ratio"] <= 1.2),
             }
         )
-    rows.extend(paced.goal_rows(results["paced"]))
-    parser = results["decode"]["parser"]
-    growth = parser["ratio_per_mb_4mb_over_1mb"]
-    rows.append(
-        {
-            "id": "5-parser-linear",
-            "goal": "5. the SSE parser is linear: time per MB of a 4 MB line in 1 KiB chunks "
-            "≤ 1.2 × that of a 1 MB line",
-            "backend": "-",
-            "measured": f"{growth:.2f} × ({parser['s_per_mb_4mb'] * 1e3:.1f} ms per MB; 1 MB in "
-            f"1 KiB chunks {parser['chunk_1k_1mb_s'] * 1e3:.1f} ms, in 64 KiB chunks "
-            f"{parser['chunk_64k_1mb_s'] * 1e3:.1f} ms)",
-            "verdict": verdict(growth <= 1.2),
-        }
-    )
+    if "sessions" in results:
+        rows.extend(sessions.goal_rows(results["sessions"]))
     return rows
 
 
+def _parser_row(parser: dict[str, Any]) -> dict[str, Any]:
+    growth = parser["ratio_per_mb_4mb_over_1mb"]
+    return {
+        "id": "5-parser-linear",
+        "goal": "5. the SSE parser is linear: time per MB of a 4 MB line in 1 KiB chunks "
+        "≤ 1.2 × that of a 1 MB line",
+        "backend": "-",
+        "measured": f"{growth:.2f} × ({parser['s_per_mb_4mb'] * 1e3:.1f} ms per MB; 1 MB in "
+        f"1 KiB chunks {parser['chunk_1k_1mb_s'] * 1e3:.1f} ms, in 64 KiB chunks "
+        f"{parser['chunk_64k_1mb_s'] * 1e3:.1f} ms)",
+        "verdict": verdict(growth <= 1.2),
+    }
+
+
 def tables(results: dict[str, Any]) -> str:
+    """The goal rows, then the tables of every section in ``results``, in the order of the
+    goals (markdown)."""
+    import memory
+    import scale
+
+    import sessions
+
+    out = ["| goal | backend | measured | verdict |", "|---|---|---|---|"]
+    for g in results["goals"]:
+        out.append(f"| {g['goal']} | {g['backend']} | {g['measured']} | **{g['verdict']}** |")
+    parts: list[list[str]] = []
+    if "handoff" in results:
+        parts.append(_handoff_lines(results))
+    if "memory" in results:
+        parts.append(memory.table_lines(results["memory"]))
+    if "scale" in results:
+        parts.append(scale.table_lines(results["scale"]))
+    if "paced" in results:
+        parts.append(paced.table_lines(results["paced"], results["config"]))
+    if "throughput" in results:
+        parts.append(_throughput_lines(results))
+    if "fanout" in results:
+        parts.append(_fanout_lines(results))
+    if "many" in results:
+        parts.append(_many_lines(results))
+    if "machine" in results and "decode" in results:
+        parts.append(_machine_lines(results))
+    if "sessions" in results:
+        parts.append(["**Agent-session turns**", "", *sessions.table_lines(results["sessions"])])
+    for part in parts:
+        out += ["", *part]
+    return "\n".join(out)
+
+
+def _throughput_lines(results: dict[str, Any]) -> list[str]:
+    """Event throughput, each path on each backend (markdown)."""
     out: list[str] = []
     add = out.append
-    add("| goal | backend | measured | verdict |")
-    add("|---|---|---|---|")
-    for g in results["goals"]:
-        add(f"| {g['goal']} | {g['backend']} | {g['measured']} | **{g['verdict']}** |")
-    add("")
     t0 = next(iter(results["throughput"].values()))
     add(
-        f"**1. Event throughput**: one run of {t0['events']:,} SSE events "
+        f"**Event throughput**: one run of {t0['events']:,} SSE events "
         f"({results['config']['deltas']:,} text deltas); medians of {results['config']['reps']}."
     )
     add("")
@@ -642,9 +693,15 @@ def tables(results: dict[str, Any]) -> str:
                 f"{p['median_s'] / floor:.2f} | {p['median_s'] / handler:.2f} | "
                 f"{p['cpu_median_s']:.3f} s |"
             )
-    add("")
+    return out
+
+
+def _handoff_lines(results: dict[str, Any]) -> list[str]:
+    """Handoff latency, 1 and 16 calls, runmachine, the recipe and the floor."""
+    out: list[str] = []
+    add = out.append
     add(
-        "**2. Handoff latency** (`requires_action` seen by `on_event` → submit request handed to "
+        "**Handoff latency** (`requires_action` seen by `on_event` → submit request handed to "
         "httpx), tools that return at once; runmachine vs the SDK recipe. The floor is a handler "
         "that does nothing on `requires_action` but make the submission, outputs at hand, as "
         "runmachine makes it: the SDK's own request building, which every path pays."
@@ -665,10 +722,16 @@ def tables(results: dict[str, Any]) -> str:
                 f"{d[name]['cpu_median_ms']:.2f}" for name in ("runmachine", "recipe", "floor")
             )
             add(f"| {calls} | {backend} | {' | '.join(cells)} | {cpu} ms |")
-    add("")
+    return out
+
+
+def _fanout_lines(results: dict[str, Any]) -> list[str]:
+    """Tool fan-out of one round."""
+    out: list[str] = []
+    add = out.append
     f0 = next(iter(results["fanout"].values()))
     add(
-        f"**3. Tool fan-out**: one round of {f0['calls']} async tools sleeping "
+        f"**Tool fan-out**: one round of {f0['calls']} async tools sleeping "
         f"{f0['tool_sleep_s'] * 1000:.0f} ms (requires_action → submit)."
     )
     add("")
@@ -681,10 +744,16 @@ def tables(results: dict[str, Any]) -> str:
             ("recipe", "SDK recipe (one by one)"),
         ):
             add(f"| {label} | {backend} | {f[name]['round_s']:.3f} s | {f[name]['ratio']:.2f} |")
-    add("")
+    return out
+
+
+def _many_lines(results: dict[str, Any]) -> list[str]:
+    """Many unpaced runs at once, peak RSS."""
+    out: list[str] = []
+    add = out.append
     many = results["many"]
     add(
-        f"**4. Many runs, unpaced**: {results['config']['many_runs']} concurrent runs on one "
+        f"**Many runs, unpaced**: {results['config']['many_runs']} concurrent runs on one "
         f"client, one tool round and {results['config']['many_deltas']} deltas each "
         "(a fresh process each; peak RSS above the process's RSS after a warm-up run, sampled "
         "every 5 ms where the kernel's peak mark cannot be reset)."
@@ -701,10 +770,14 @@ def tables(results: dict[str, Any]) -> str:
                 f"| {label} | {backend} | {r['completed']}/{r['runs']} | {r['wall_s']:.2f} s | "
                 f"{r['cpu_s']:.2f} s | {r['per_run_bytes'] / 1024:.1f} KiB |"
             )
-    add("")
-    out.extend(paced.table_lines(results["paced"], results["config"]))
-    add("")
-    add("**5. The machine itself**, no I/O (CPU time of the benchmark process).")
+    return out
+
+
+def _machine_lines(results: dict[str, Any]) -> list[str]:
+    """The machine itself and the decode path, no I/O."""
+    out: list[str] = []
+    add = out.append
+    add("**The machine itself**, no I/O (CPU time of the benchmark process).")
     add("")
     add("| measure | backend | value |")
     add("|---|---|---|")
@@ -741,7 +814,7 @@ def tables(results: dict[str, Any]) -> str:
     c0 = next(iter(results["machine"].values()))
     add(f"| `RunMachine()` instance | - | {c0['bytes_per_machine']:,.0f} bytes |")
     add(f"| history record | - | {c0['bytes_per_history_record']:,.0f} bytes |")
-    return "\n".join(out)
+    return out
 
 
 def machine_info(backend_note: str) -> dict[str, Any]:
@@ -776,12 +849,14 @@ def _missed_note(results: dict[str, Any]) -> str:
     if not missed:
         return "Every goal was met in this run."
     labels = {
-        "1-throughput": "1 (event throughput)",
-        "2-handoff": "2 (handoff latency)",
-        "3-fanout": "3 (tool fan-out)",
-        "4-memory": "4 (memory per concurrent run)",
-        "4-paced": "4 (paced runs)",
+        "1-handoff": "1 (handoff latency)",
+        "2-memory": "2 (memory per run held)",
+        "3-": "3 (scale)",
+        "4-paced": "4 (paced streams)",
+        "5-throughput": "5 (event throughput)",
+        "5-fanout": "5 (tool fan-out)",
         "5-parser": "5 (the SSE parser)",
+        "6-": "6 (agent-session turns)",
     }
     names = sorted(
         {
@@ -802,13 +877,18 @@ def _missed_note(results: dict[str, Any]) -> str:
 def readme_section(results: dict[str, Any]) -> str:
     m = results["machine_info"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    sections = results["sections"]
+    days = sorted({s["started"][:10] for s in sections.values()})
+    commands = sorted({s["command"] for s in sections.values()})
+    took = sum(s["duration_s"] for s in sections.values())
+    each = ", ".join(f"{name} {s['duration_s']:.0f} s" for name, s in sections.items())
     about = (
-        f"Measured with `{results['command']}` on {results['started'][:10]}: "
+        f"Measured with {' and '.join(f'`{c}`' for c in commands)} on {', '.join(days)}: "
         f"{m['cpu']}, {m['cores']} cores, {m['implementation']} {m['python']}, {m['os']}; "
-        f"{versions}. Backends: {m['backends']}. The benchmark took "
-        f"{results['duration_s']:.0f} s. Absolute figures depend on the machine and on what "
-        "else it runs; the ratios, taken side by side in one process run on the same replayed "
-        "emulator stream, are what to read."
+        f"{versions}. Backends: {m['backends']}. The sections took {took:.0f} s in all "
+        f"({each}). "
+        "Absolute figures depend on the machine and on what else it runs; the ratios, taken "
+        "side by side in one process run on the same replayed emulator stream, are what to read."
     )
     return "\n".join(
         [
@@ -872,9 +952,27 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _worker(kind: str) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
+    """The worker of a ``--worker`` job by its kind (the modules that import this one are
+    imported here, once this one is)."""
+    if kind == "many":
+        return worker_many
+    if kind == "paced":
+        return paced.worker
+    if kind == "memory":
+        import memory
+
+        return memory.worker
+    if kind == "scale":
+        import scale
+
+        return scale.worker
+    raise ValueError(f"no worker of kind {kind!r}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes; under 60 s")
+    parser.add_argument("--quick", action="store_true", help="much smaller sizes: a smoke run")
     parser.add_argument(
         "--out",
         type=Path,
@@ -897,12 +995,18 @@ def main() -> None:
         metavar="RESULTS",
         help="only print the tables of RESULTS (a results.json) again and write them to the README",
     )
+    parser.add_argument(
+        "--only",
+        metavar="SECTIONS",
+        help="only these sections (comma-separated: " + ", ".join(SECTIONS) + "), merged "
+        "into the results file",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     raise_fd_limit()
     if args.worker:
         job = json.loads(args.worker)
-        work = {"many": worker_many, "paced": paced.worker}[job["kind"]]
+        work = _worker(job["kind"])
         print(json.dumps(anyio.run(work, job, backend=job["backend"])))
         return
 
@@ -915,73 +1019,130 @@ def main() -> None:
 
     cfg = QUICK if args.quick else FULL
     out = args.out or HERE / ("results-quick.json" if args.quick else "results.json")
+    only = _sections(args.only)
     write_readme = (not args.quick) if args.readme is None else args.readme
     command = "python benchmarks/run.py" + (" --quick" if args.quick else "")
-    started_at = datetime.now(timezone.utc)
     t0 = time.perf_counter()
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - t0:6.1f} s] {message}", file=sys.stderr, flush=True)
 
+    results: dict[str, Any] = {}
+    if args.only and out.exists():
+        results = json.loads(out.read_text())
+        if results.get("schema") != SCHEMA or results.get("quick") != args.quick:
+            raise SystemExit(f"{out} holds results of another kind: run every section instead")
+    results.update(
+        {
+            "schema": SCHEMA,
+            "command": command,
+            "quick": args.quick,
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+            "machine_info": machine_info("asyncio and trio (each row says which)"),
+        }
+    )
+    results.setdefault("sections", {})
     log("recording the streams from the emulator")
     recording = _record.record(cfg["deltas"], cfg["many_deltas"], cfg["paced_deltas"])
-    events = len(recording["text"][0]) - 1  # every frame but [DONE]
-    results: dict[str, Any] = {
-        "schema": 2,
-        "command": command,
-        "quick": args.quick,
-        "started": started_at.isoformat(timespec="seconds"),
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-        "machine_info": machine_info("asyncio and trio (each row says which)"),
-    }
     with tempfile.TemporaryDirectory() as tmp:
         server, port = start_server(recording, Path(tmp))
-        if args.profile:
-            try:
+        try:
+            if args.profile:
                 log("profiling (asyncio)")
                 text = anyio.run(profiles, port, cfg, backend="asyncio")
-            finally:
-                assert server.stdin is not None
-                server.stdin.close()
-                server.wait(10)
-            (HERE / "profile.txt").write_text(f"# `{command} --profile`\n\n{text}\n")
-            log("wrote benchmarks/profile.txt")
-            return
-        try:
-            results["throughput"] = {}
-            results["handoff"] = {}
-            results["fanout"] = {}
-            results["machine"] = {}
-            for backend in BACKENDS:
-                log(f"1. throughput on {backend}")
-                results["throughput"][backend] = anyio.run(
-                    throughput, port, cfg, events, backend=backend
-                )
-                log(f"2. handoff on {backend}")
-                results["handoff"][backend] = anyio.run(handoff, port, cfg, backend=backend)
-                log(f"3. fan-out on {backend}")
-                results["fanout"][backend] = anyio.run(fanout, port, cfg, backend=backend)
-                log(f"5. machine cost on {backend}")
-                results["machine"][backend] = anyio.run(
-                    machine_cost, recording, cfg, backend=backend
-                )
-            log("5. the decode path alone")
-            results["decode"] = decode.measure(args.quick, recording)
-            log("4. many runs (worker processes)")
-            results["many"] = many_runs(port, cfg)
-            log("4. paced runs on each transport (worker processes)")
-            results["paced"] = paced.run(port, cfg, run_worker)
+                (HERE / "profile.txt").write_text(f"# `{command} --profile`\n\n{text}\n")
+                log("wrote benchmarks/profile.txt")
+                return
+            for name in only:
+                log(f"{name}")
+                started = datetime.now(timezone.utc)
+                t1 = time.perf_counter()
+                results[name] = _measure(name, port, cfg, recording, args.quick, log)
+                results["sections"][name] = {
+                    "command": command + (f" --only {args.only}" if args.only else ""),
+                    "started": started.isoformat(timespec="seconds"),
+                    "duration_s": time.perf_counter() - t1,
+                }
         finally:
             assert server.stdin is not None
             server.stdin.close()
             server.wait(10)
-    results["duration_s"] = time.perf_counter() - t0
     results["goals"] = goals(results)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(tables(results))
     if write_readme:
         update_readme(results)
     log(f"wrote {out}" + (" and README.md" if write_readme else ""))
+
+
+#: The results file's layout (``sections``: when and how each section was last measured).
+SCHEMA = 3
+#: Every section, in the order they run.
+SECTIONS = (
+    "handoff",
+    "throughput",
+    "fanout",
+    "machine",
+    "decode",
+    "many",
+    "paced",
+    "memory",
+    "scale",
+    "sessions",
+)
+
+
+def _sections(only: str | None) -> tuple[str, ...]:
+    """The sections ``--only`` names (all of them without it), in their order."""
+    if not only:
+        return SECTIONS
+    names = {name.strip() for name in only.split(",") if name.strip()}
+    unknown = names - set(SECTIONS)
+    if unknown or not names:
+        raise SystemExit(
+            f"--only: no section {', '.join(sorted(unknown)) or '(none given)'}; "
+            f"the sections are {', '.join(SECTIONS)}"
+        )
+    return tuple(name for name in SECTIONS if name in names)
+
+
+def _measure(
+    name: str,
+    port: int,
+    cfg: dict[str, Any],
+    recording: _record.Recording,
+    quick: bool,
+    log: Callable[[str], None],
+) -> Any:
+    """One section's results (the per-backend ones measured on each backend in turn)."""
+    if name == "throughput":
+        events = len(recording["text"][0]) - 1  # every frame but [DONE]
+        return {b: anyio.run(throughput, port, cfg, events, backend=b) for b in BACKENDS}
+    if name == "handoff":
+        return {b: anyio.run(handoff, port, cfg, backend=b) for b in BACKENDS}
+    if name == "fanout":
+        return {b: anyio.run(fanout, port, cfg, backend=b) for b in BACKENDS}
+    if name == "machine":
+        return {b: anyio.run(machine_cost, recording, cfg, backend=b) for b in BACKENDS}
+    if name == "decode":
+        return decode.measure(quick, recording)
+    if name == "many":
+        return many_runs(port, cfg)
+    if name == "paced":
+        return paced.run(port, cfg, run_worker)
+    if name == "memory":
+        import memory
+
+        return memory.run(port, memory.QUICK if quick else memory.FULL, run_worker)
+    if name == "scale":
+        import scale
+
+        return scale.run(port, scale.QUICK if quick else scale.FULL, run_worker)
+    if name == "sessions":
+        import sessions
+
+        return sessions.run(sessions.QUICK if quick else sessions.FULL, log)
+    raise AssertionError(name)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Scale: thousands of concurrent unpaced runs on one client in one process (issue 16, goal 3).
 
     python benchmarks/scale.py             # 1,000 and 10,000 runs, asyncio and trio (minutes)
-    python benchmarks/scale.py --quick     # 200 and 1,000 runs (a smoke run)
+    python benchmarks/scale.py --quick     # 50 and 150 runs, asyncio (a smoke run)
     python benchmarks/scale.py --profile   # cProfile at both sizes: the calls whose cost grows
 
 Every measurement runs in a fresh worker process (``run.py --worker`` dispatches ``"kind":
@@ -67,10 +67,12 @@ FULL: dict[str, Any] = {
 }
 QUICK: dict[str, Any] = {
     **FULL,
-    "sizes": (200, 1000),
-    "creation": 2000,
-    "leak_runs": 200,
-    "starts": 1000,
+    "sizes": (50, 150),
+    "creation": 500,
+    "leak_runs": 50,
+    "starts": 150,
+    "admission": 50,
+    "backends": ("asyncio",),
 }
 
 #: The growth allowed, 10k against 1k: runmachine's within 1.2 × of the floor's and CPU per run

@@ -78,9 +78,10 @@ FULL: dict[str, Any] = {
 }
 QUICK: dict[str, Any] = {
     **FULL,
-    "deltas": 1000,
-    "handoff_samples": 20,
-    "memory_turns": 50,
+    "deltas": 500,
+    "handoff_samples": 10,
+    "memory_turns": 20,
+    "backends": ("asyncio",),
 }
 
 INPUT = "benchmark"

@@ -32,9 +32,10 @@ def test_quick_benchmarks_run_and_write_well_formed_results(tmp_path: Path) -> N
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(out.read_text())
-    assert results["schema"] == 2
+    assert results["schema"] == 3
     assert results["quick"] is True
     assert results["command"] == "python benchmarks/run.py --quick"
+    assert set(results["sections"]) == set(run_module().SECTIONS)
     info = results["machine_info"]
     assert info["cores"] and info["python"] and info["os"]
 
@@ -73,6 +74,7 @@ def test_quick_benchmarks_run_and_write_well_formed_results(tmp_path: Path) -> N
     # 5. the decode path: the parser's figures and one run event's, three ways
     decode = results["decode"]
     assert all(_number(v) and v > 0 for v in decode["parser"].values())
+    assert all(_number(v) and v > 0 for v in decode["text"].values())
     for figures in (decode["run_event"]["cpu_us"], decode["run_event"]["retained_bytes"]):
         assert set(figures) == {"new", "old", "sdk"}
         assert all(_number(v) and v > 0 for v in figures.values())
@@ -81,20 +83,47 @@ def test_quick_benchmarks_run_and_write_well_formed_results(tmp_path: Path) -> N
         assert c["us_per_transition"] > 0 and c["bytes_per_machine"] > 0
         assert c["bytes_per_history_record"] > 0
 
+    # memory held: every path held at the same point, then completed
+    for by_backend in results["memory"]["backends"].values():
+        for name, p in by_backend["paths"].items():
+            assert p["all_completed"], (name, p["errors"])
+            assert _number(p["rss_per_run"]) and p["traced_per_run"] > 0
+            assert p["check"] or name == "recipe"
+    # scale: both sizes of both paths, every run completed
+    for by_path in results["scale"]["runs"].values():
+        for name in ("runmachine", "floor"):
+            for r in by_path[name].values():
+                assert r["completed"] == r["runs"], r["errors"]
+    # agent-session turns
+    assert set(results["sessions"]["throughput"]) == set(results["sessions"]["config"]["backends"])
+
     # Every goal row is present with a verdict.
     ids = {g["id"] for g in results["goals"]}
-    expected = {f"1-throughput-{b}" for b in BACKENDS}
-    expected |= {f"2-handoff-{n}-{b}" for n in (1, 16) for b in BACKENDS}
-    expected |= {f"2-handoff-bound-{n}-{b}" for n in (1, 16) for b in BACKENDS}
-    expected |= {f"3-fanout-{b}" for b in BACKENDS} | {f"4-memory-{b}" for b in BACKENDS}
+    expected = {f"5-throughput-{b}" for b in BACKENDS} | {f"5-fanout-{b}" for b in BACKENDS}
+    expected |= {f"1-handoff-{n}-{b}" for n in (1, 16) for b in BACKENDS}
+    expected |= {f"1-handoff-bound-{n}-{b}" for n in (1, 16) for b in BACKENDS}
+    expected |= {f"2-memory-held-{b}" for b in results["memory"]["backends"]}
+    expected |= {
+        f"3-{row}-{b}"
+        for row in ("scale", "scale-admitted", "creation", "leak", "starts")
+        for b in results["scale"]["runs"]
+    }
     expected |= {
         f"4-paced-floor-{t}-{b}" for t, by_backend in results["paced"].items() for b in by_backend
     }
     expected |= {f"4-paced-sdk-aiohttp-{b}" for b in results["paced"].get("aiohttp", {})}
-    expected |= {"5-parser-linear"}
+    expected |= {"5-parser-linear", "5-text-linear"}
+    sessions = results["sessions"]
+    expected |= {f"6-throughput-{b}" for b in sessions["throughput"]}
+    expected |= {f"6-handoff-{n}-{b}" for b, h in sessions["handoff"].items() for n in h}
+    expected |= {f"6-memory-{b}" for b in sessions["memory"]}
     assert ids == expected
     assert all(g["verdict"] in ("met", "missed") and g["measured"] for g in results["goals"])
     assert "| goal | backend | measured | verdict |" in proc.stdout
+
+
+def run_module() -> Any:
+    return _bench_modules()[2]
 
 
 def _bench_modules() -> tuple[Any, Any, Any]:
