@@ -8,7 +8,8 @@
   ``submit_tool_outputs_stream`` (OpenAI's function-calling guide);
 - ``runmachine`` (R): a ``RunMachine`` with a no-op ``on_text_delta`` hook and async tools;
 - ``submit_floor``: the handoff's floor, a handler that on ``thread.run.requires_action`` only
-  makes the submission (as runmachine makes it, outputs at hand): the SDK's own request path.
+  makes the submission (as runmachine makes it, outputs at hand): the SDK client's own request
+  path.
 
 Handoff marks, the same on both sides: "arrived" is taken in the ``on_event`` hook (the SDK
 handler's and the ``RunMachine``'s), the first user code that sees the decoded
@@ -32,6 +33,8 @@ import openai
 from openai.lib.streaming import AsyncAssistantEventHandler
 
 from runmachine import RunMachine, RunResult, tool
+from runmachine.backends import AssistantsBackend
+from runmachine.backends.base import RunRef
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
@@ -206,7 +209,7 @@ class Recipe(AsyncAssistantEventHandler):
             function = RECIPE_TOOLS[call.function.name]
             output = await function(**json.loads(call.function.arguments))
             tool_outputs.append({"tool_call_id": call.id, "output": output})
-        follow = Recipe(self.client)
+        follow = type(self)(self.client)  # the same handler for the stream that follows
         async with self.client.beta.threads.runs.submit_tool_outputs_stream(
             thread_id=run.thread_id,
             run_id=run.id,
@@ -217,23 +220,19 @@ class Recipe(AsyncAssistantEventHandler):
         self.final_status = follow.final_status
 
 
-_NO_RETRY: weakref.WeakKeyDictionary[openai.AsyncOpenAI, openai.AsyncOpenAI] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 class SubmitFloor(AsyncAssistantEventHandler):
     """The handoff floor: on ``thread.run.requires_action``, nothing but the submission itself,
-    made as runmachine makes it (``with_streaming_response.submit_tool_outputs``, the outputs in
-    ``extra_body``, the SDK's retries off) with the outputs already at hand. No client that
-    submits through the SDK's HTTP layer can hand the request over sooner."""
+    made as runmachine makes it (the request of ``with_streaming_response.submit_tool_outputs``,
+    sent with the client's ``post`` by ``AssistantsBackend.open_submission``, the SDK's retries
+    off) with the outputs already at hand, its stream read raw. No client that submits through
+    the SDK's HTTP layer can hand the request over much sooner."""
 
     def __init__(self, client: openai.AsyncOpenAI) -> None:
         super().__init__()
-        # One copy per client, as runmachine keeps: a copy fetches its platform headers in a
-        # worker thread on its first request.
-        self.client = _NO_RETRY.get(client) or _NO_RETRY.setdefault(
-            client, client.with_options(max_retries=0)
+        # One backend per client: it keeps the client's copy without retries, as a machine
+        # does (a copy fetches its platform headers in a worker thread on its first request).
+        self.backend = _BACKENDS.get(client) or _BACKENDS.setdefault(
+            client, AssistantsBackend(client)
         )
         self.final_status: str | None = None
 
@@ -242,20 +241,17 @@ class SubmitFloor(AsyncAssistantEventHandler):
             return
         MARKS.arrive()
         run = event.data
-        outputs = [
-            {"tool_call_id": c.id, "output": "ok"}
-            for c in run.required_action.submit_tool_outputs.tool_calls
-        ]
-        async with self.client.beta.threads.runs.with_streaming_response.submit_tool_outputs(
-            run_id=run.id,
-            thread_id=run.thread_id,
-            tool_outputs=(),
-            stream=True,
-            extra_body={"tool_outputs": outputs},
-        ) as response:
-            body = b"".join([chunk async for chunk in response.http_response.aiter_bytes()])
-        if b"thread.run.completed" in body:
+        outputs = {c.id: "ok" for c in run.required_action.submit_tool_outputs.tool_calls}
+        opener = self.backend.open_submission(RunRef(run.id, run.thread_id), outputs)
+        async with opener as events:
+            statuses = [e.event async for e in events]
+        if "thread.run.completed" in statuses:
             self.final_status = "completed"
+
+
+_BACKENDS: weakref.WeakKeyDictionary[openai.AsyncOpenAI, AssistantsBackend] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def submit_floor(client: openai.AsyncOpenAI) -> int:

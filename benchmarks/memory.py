@@ -31,7 +31,8 @@ The paths:
   the same client, nothing parsed".
 - ``runmachine``: ``_paths.BenchNoMark`` (a no-op ``on_text_delta``, the tools async), counting
   the text deltas it sees.
-- ``recipe``: ``_paths.recipe``, the SDK's documented recipe (an ``AsyncAssistantEventHandler``
+- ``recipe``: ``_paths.recipe``, its handlers counting text deltas: the SDK's documented recipe
+  (an ``AsyncAssistantEventHandler``
   that submits from ``on_event``: its create stream stays open while the submit stream runs, two
   connections per run).
 
@@ -47,9 +48,10 @@ The measures, each path, backend and measure in a fresh process (``"kind": "memo
   sites with their callers, and what runmachine code had libraries allocate (the innermost
   runmachine frame of each traceback).
 
-The floors and runmachine check the point they are held at: the floors' runs have read exactly
-the held bytes, runmachine's have seen exactly K deltas each (the recipe's handlers are the SDK's
-own, and say nothing).
+Every path checks the point it is held at, and is measured only once its client has read up to
+it (the server has handed every byte before it to the kernel, but a busy client may not have
+read them yet): the floors' runs have read exactly the held bytes, runmachine's and the
+recipe's handlers have seen exactly K text deltas each.
 """
 
 from __future__ import annotations
@@ -96,8 +98,11 @@ PATHS = ("floor", "floor2", "runmachine", "recipe")
 #: buffer, for runmachine's sites with their callers (on fewer runs).
 MEASURE_FRAMES = {"rss": 0, "traced": 1, "sites": 30}
 
+#: ``traced_runs``: the runs held for tracemalloc's figures and attribution (tracing slows every
+#: allocation, and 1,000 recipe runs traced take minutes).
 FULL: dict[str, Any] = {
     "runs": 1000,
+    "traced_runs": 300,
     "hold_deltas": 3,
     "rss_reps": 2,
     "sites_runs": 100,
@@ -107,6 +112,7 @@ FULL: dict[str, Any] = {
 QUICK: dict[str, Any] = {
     **FULL,
     "runs": 20,
+    "traced_runs": 20,
     "rss_reps": 1,
     "sites_runs": 0,
     "backends": ("asyncio",),
@@ -132,10 +138,33 @@ KIB = 1024
 
 
 class Seen:
-    """What the held paths have read: the floor's submit-stream bytes, runmachine's deltas."""
+    """What the held paths have read: the floors' submit-stream bytes, runmachine's and the
+    recipe's text deltas; and, once ``expect`` is called, an event set when one of those counts
+    reaches its target (the server has every byte before the hold point in the kernel, but the
+    client may not have read it all yet)."""
 
     floor_bytes = 0
     deltas = 0
+    _target: tuple[str, int] | None = None
+    _reached: anyio.Event | None = None
+
+    @classmethod
+    def add(cls, kind: str, amount: int) -> None:
+        total = getattr(cls, kind) + amount
+        setattr(cls, kind, total)
+        if cls._target is not None and cls._target[0] == kind and total >= cls._target[1]:
+            assert cls._reached is not None
+            cls._reached.set()
+
+    @classmethod
+    async def expect(cls, kind: str, total: int) -> None:
+        """Wait until the count ``kind`` is at least ``total``."""
+        cls._target, cls._reached = (kind, total), anyio.Event()
+        try:
+            if getattr(cls, kind) < total:
+                await cls._reached.wait()
+        finally:
+            cls._target = cls._reached = None
 
 
 def _create(client: openai.AsyncOpenAI) -> Any:
@@ -163,7 +192,7 @@ async def _read(stream: Any, *, submit: bool) -> int:
         async for chunk in response.http_response.aiter_bytes():
             n += len(chunk)
             if submit:
-                Seen.floor_bytes += len(chunk)
+                Seen.add("floor_bytes", len(chunk))
     return n
 
 
@@ -198,7 +227,7 @@ async def floor2(client: openai.AsyncOpenAI) -> int:
         del created, chunks, seen  # held by nothing now, as a run's are
         async for chunk in submitted.http_response.aiter_bytes():
             n += len(chunk)
-            Seen.floor_bytes += len(chunk)
+            Seen.add("floor_bytes", len(chunk))
     return n
 
 
@@ -206,7 +235,26 @@ class Counted(_paths.BenchNoMark):
     """The runmachine path of the benchmarks, counting the text deltas it sees."""
 
     async def on_text_delta(self, delta: Any, snapshot: Any) -> None:
-        Seen.deltas += 1
+        Seen.add("deltas", 1)
+
+
+class CountedRecipe(_paths.Recipe):
+    """The SDK recipe of the benchmarks, counting the text deltas its handlers see."""
+
+    async def on_text_delta(self, delta: Any, snapshot: Any) -> None:
+        Seen.add("deltas", 1)
+
+
+async def recipe(client: openai.AsyncOpenAI) -> int:
+    """``_paths.recipe``, its handlers counting."""
+    handler = CountedRecipe(client)
+    async with client.beta.threads.runs.stream(
+        thread_id=_paths.THREAD, assistant_id=_paths.ASSISTANT, event_handler=handler
+    ) as stream:
+        await stream.until_done()
+    if handler.final_status != "completed":
+        raise _paths.ErrorPath(f"a recipe run ended {handler.final_status}")
+    return 1
 
 
 async def runmachine(client: openai.AsyncOpenAI) -> int:
@@ -219,7 +267,7 @@ PATH_FNS: dict[str, Callable[[openai.AsyncOpenAI], Awaitable[int]]] = {
     "floor": floor,
     "floor2": floor2,
     "runmachine": runmachine,
-    "recipe": _paths.recipe,
+    "recipe": recipe,
 }
 
 
@@ -336,10 +384,15 @@ async def _held_round(
     control: httpx2.AsyncClient,
     n: int,
     measure: Callable[[dict[str, Any]], dict[str, Any]],
+    kind: str,
+    per_run: Callable[[dict[str, Any]], int],
 ) -> dict[str, Any]:
     """``n`` runs of ``path`` at once, measured by ``measure(held)`` once all are held (``held``:
-    the server's count), then released; with the runs that completed and the first errors.
-    Not every run held within ``HOLD_TIMEOUT`` seconds is an error."""
+    the server's count) and the client has read up to the hold point (the count ``kind`` of
+    ``Seen`` has grown by ``per_run(held)`` per run), then released; with the runs that
+    completed and the first errors. Not every run held within ``HOLD_TIMEOUT`` seconds is an
+    error."""
+    base = getattr(Seen, kind)
     done = 0
     errors: list[str] = []
     waiting = anyio.CancelScope(deadline=anyio.current_time() + HOLD_TIMEOUT)
@@ -362,6 +415,7 @@ async def _held_round(
             tg.start_soon(one)
         with waiting:
             held = (await control.get("/held", params={"n": n})).json()
+            await Seen.expect(kind, base + n * per_run(held))
             await anyio.wait_all_tasks_blocked()
             reading = {"held": held, "held_after_s": time.perf_counter() - started}
             reading |= measure(held)
@@ -392,10 +446,17 @@ async def worker(job: dict[str, Any]) -> dict[str, Any]:
     def path() -> Awaitable[int]:
         return fn(scenario)
 
+    # What tells that a run's client has read up to the hold point: the floors' bytes, the
+    # others' text deltas.
+    if job["path"] in ("floor", "floor2"):
+        kind, per_run = "floor_bytes", lambda held: int(held["bytes"])
+    else:
+        kind, per_run = "deltas", lambda held: int(hold)
+
     if frames:
         tracemalloc.start(frames)
     try:
-        warm = await _held_round(path, control, 1, lambda held: {})
+        warm = await _held_round(path, control, 1, lambda held: {}, kind, per_run)
         if warm["completed"] != 1:
             raise RuntimeError(f"the warm-up run of {job['path']} failed: {warm['errors']}")
         gc.collect()
@@ -419,7 +480,7 @@ async def worker(job: dict[str, Any]) -> dict[str, Any]:
                 out["attribution"] = Tally(tracemalloc.take_snapshot()).per_run(baseline, n)
             return out
 
-        result = await _held_round(path, control, n, measure)
+        result = await _held_round(path, control, n, measure, kind, per_run)
         if "check" not in result:
             raise RuntimeError(f"not every run of {job['path']} was held: {result['errors']}")
     finally:
@@ -437,11 +498,9 @@ async def worker(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _check(
-    path: str, held: dict[str, Any], n: int, hold: int, seen0: tuple[int, int]
-) -> str | None:
-    """Whether every run is exactly at the hold point, as far as the path can tell; raises if
-    not. ``None``: the path cannot tell (the recipe's handlers are the SDK's own)."""
+def _check(path: str, held: dict[str, Any], n: int, hold: int, seen0: tuple[int, int]) -> str:
+    """Whether every run is exactly at the hold point: what the path has read, as it says;
+    raises if not."""
     if held["held"] != n:
         raise RuntimeError(f"{held['held']} streams held, not {n}")
     if path in ("floor", "floor2"):
@@ -449,12 +508,10 @@ def _check(
         if read != n * held["bytes"]:
             raise RuntimeError(f"the floor read {read} bytes, not {n} × {held['bytes']}")
         return f"{n} × {held['bytes']} bytes read"
-    if path == "runmachine":
-        seen = Seen.deltas - seen0[1]
-        if seen != n * hold:
-            raise RuntimeError(f"runmachine saw {seen} text deltas, not {n} × {hold}")
-        return f"{n} × {hold} deltas seen"
-    return None
+    seen = Seen.deltas - seen0[1]
+    if seen != n * hold:
+        raise RuntimeError(f"{path} saw {seen} text deltas, not {n} × {hold}")
+    return f"{n} × {hold} deltas seen"
 
 
 # --------------------------------------------------------------------------------------------
@@ -501,6 +558,7 @@ def run(
     floor and the recipe; runmachine's sites with their callers (``sites_runs`` runs)."""
     out: dict[str, Any] = {
         "runs": cfg["runs"],
+        "traced_runs": cfg["traced_runs"],
         "hold_deltas": cfg["hold_deltas"],
         "rss_reps": cfg["rss_reps"],
         "sites_runs": cfg["sites_runs"],
@@ -520,7 +578,7 @@ def run(
                 "hold_deltas": cfg["hold_deltas"],
             }
             rss = [run_worker({**job, "measure": "rss"}) for _ in range(cfg["rss_reps"])]
-            traced = run_worker({**job, "measure": "traced"})
+            traced = run_worker({**job, "measure": "traced", "runs": cfg["traced_runs"]})
             every = [*rss, traced]
             if name == "runmachine" and cfg["sites_runs"]:
                 sites = run_worker({**job, "measure": "sites", "runs": cfg["sites_runs"]})
@@ -602,7 +660,8 @@ def table_lines(results: dict[str, Any]) -> list[str]:
         f"by the server right after text delta {hold} of its submit stream (scenario "
         '"many"); RSS with all held less RSS after a warm-up run, per run (median of '
         f"{reps} fresh process{'es' if reps > 1 else ''}), and tracemalloc's traced bytes at "
-        f"the same point (another process); {_library_note(results['library'])}.",
+        f"the same point ({results['traced_runs']:,} runs, another process); "
+        f"{_library_note(results['library'])}.",
         "",
         "| path | backend | completed | pool connections (RSS runs) | RSS held per run "
         "| traced per run | × floor (RSS / traced) | × floor2 (RSS / traced) |",
@@ -730,6 +789,7 @@ def main() -> None:
     cfg = dict(QUICK if args.quick else FULL)
     if args.runs:
         cfg["runs"] = args.runs
+        cfg["traced_runs"] = min(cfg["traced_runs"], args.runs)
     if args.hold:
         cfg["hold_deltas"] = args.hold
     if args.backend:

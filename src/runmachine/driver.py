@@ -93,6 +93,12 @@ _ABANDONED = (
 
 #: Seconds to wait, after the event that decides a stream, for the rest of it (its end).
 TAIL_WAIT = 0.5
+#: With ``reuse_connection``: seconds the submission waits at most for the end of the stream
+#: that stopped at ``requires_action`` (read from then on, alongside the tools) to be read, so
+#: that it reuses that stream's connection. A server that has sent the end takes microseconds;
+#: one that keeps the stream open costs this much once per round, then the submission takes a
+#: connection of its own.
+REUSE_WAIT = 0.05
 
 #: ``on_tool_error(record, error)``: True fails the whole run instead of sending the error output.
 #: A string is the error text the model gets instead of the error output's own message.
@@ -756,7 +762,15 @@ class Driver(DriverBase):
     """Drives one Assistants run, fed into ``core``, from creation (or adoption) to its end,
     talking to the server through ``backend``."""
 
-    __slots__ = ("_tail", "_tails", "backend", "request", "requested_at", "run_clock")
+    __slots__ = (
+        "_tail",
+        "_tail_read",
+        "_tails",
+        "backend",
+        "request",
+        "requested_at",
+        "run_clock",
+    )
     core: RunCore
 
     def __init__(
@@ -794,6 +808,9 @@ class Driver(DriverBase):
         #: the next request lets it go (``_let_tail_go``), and where such ends are read.
         self._tail: tuple[AsyncExitStack, AsyncIterator[Any]] | None = None
         self._tails: anyio.abc.TaskGroup | None = None
+        #: With ``reuse_connection``: set once the end of the stream that stopped at
+        #: ``requires_action`` has been read (in a task of ``_tails`` since then) and closed.
+        self._tail_read: anyio.Event | None = None
 
     # ----------------------------------------------------------------------------------------
     # Entry points
@@ -841,7 +858,7 @@ class Driver(DriverBase):
                 failure = exc
                 tails.cancel_scope.cancel()
             finally:
-                self._tails = None
+                self._tails = self._tail_read = None
                 tail, self._tail = self._tail, None
             if tail is not None and failure is None:
                 await _finish_tail(*tail)
@@ -850,6 +867,15 @@ class Driver(DriverBase):
                     await tail[0].aclose()
         if failure is not None:
             raise failure
+
+    async def _tail_reused(self) -> None:
+        """With ``reuse_connection``, before the submission: wait (``REUSE_WAIT`` at most) until
+        the end of the stream that stopped at ``requires_action`` is read, so that its
+        connection is back in the pool for the submission to take."""
+        read, self._tail_read = self._tail_read, None
+        if read is not None:
+            with anyio.move_on_after(REUSE_WAIT):
+                await read.wait()
 
     def _let_tail_go(self) -> None:
         """Before the next request: read the end of the stream that stopped at
@@ -1045,6 +1071,7 @@ class Driver(DriverBase):
             await core.observe_status(confirmed)
 
         streaming = backend.submit_mode(self.options.stream) == "new_stream"
+        await self._tail_reused()
         self._let_tail_go()
         delay = 0.25
         for attempt in range(1, self.options.submit_attempts + 1):
@@ -1108,10 +1135,12 @@ class Driver(DriverBase):
         follows it (``[DONE]`` and the end of the body, read so that the connection can be
         reused) is waited for ``TAIL_WAIT`` seconds at most, so that a server that keeps the
         connection open neither stalls a finished run nor delays a round: after a terminal
-        event, here; after ``requires_action``, in a task of its own started as the next
-        request is made (``_let_tail_go``): the round's tools and its submission do not wait
-        for it, and its connection goes back to the pool as soon as the end has been read,
-        for that request or any other, which may need it.
+        event, here; after ``requires_action``, in a task of its own, so that the round's
+        tools do not wait for it. With ``reuse_connection`` (the default) that task starts at
+        once and the submission waits for it, ``REUSE_WAIT`` at most (``_tail_reused``), to
+        take the connection it gives back; without, it starts as the next request is made
+        (``_let_tail_go``), which takes a connection of its own. Either way the connection goes
+        back to the pool as soon as the end has been read, for any request that needs it.
         """
         core = self.core
         feed = core.feed
@@ -1128,8 +1157,15 @@ class Driver(DriverBase):
                     if core.is_finished:
                         await _drain(iterator)
                         break
-                    # Waiting on tools: the stream's end is read once the round is done with.
-                    self._tail, stack = (stack, iterator), None
+                    # Waiting on tools: the stream's end is read in a task of its own, from
+                    # now on (alongside the tools: ``reuse_connection``) or from the next
+                    # request on.
+                    if self.options.reuse_connection and self._tails is not None:
+                        read = self._tail_read = anyio.Event()
+                        self._tails.start_soon(_finish_tail, stack, iterator, read)
+                    else:
+                        self._tail = (stack, iterator)
+                    stack = None
                     return
                 try:
                     event = await iterator.__anext__()
@@ -1410,9 +1446,12 @@ def _canonical(arguments: str) -> str:
 _NO_LIMIT = nullcontext()
 
 
-async def _finish_tail(stack: AsyncExitStack, events: AsyncIterator[Any]) -> None:
+async def _finish_tail(
+    stack: AsyncExitStack, events: AsyncIterator[Any], read: anyio.Event | None = None
+) -> None:
     """Read the end of a stream that stopped at ``requires_action`` (``TAIL_WAIT`` at most),
-    then close it: its work is done, so nothing it does now is of consequence."""
+    then close it (and set ``read``): its work is done, so nothing it does now is of
+    consequence."""
     try:
         await _drain(events)
     except Exception:  # a stream that breaks now has told all it had to tell
@@ -1420,6 +1459,8 @@ async def _finish_tail(stack: AsyncExitStack, events: AsyncIterator[Any]) -> Non
     finally:
         with anyio.CancelScope(shield=True), suppress(Exception):
             await stack.aclose()
+        if read is not None:
+            read.set()
 
 
 async def _drain(events: AsyncIterator[Any]) -> None:

@@ -122,7 +122,7 @@ class TurnDriver(DriverBase):
         "given",
         "input_sent",
         "on_approval",
-        "pending",
+        "unanswered",
     )
     core: TurnCore
 
@@ -156,7 +156,7 @@ class TurnDriver(DriverBase):
         self.on_approval = on_approval
         self.given: dict[str, str] = dict(approvals or {})
         #: Approval requests the turn was left waiting on.
-        self.pending: list[Any] = []
+        self.unanswered: list[Any] = []
         #: The newest turn of the session before the input was sent (to know ours by).
         self.before_turn: str | None = None
         self.input_sent = False
@@ -223,6 +223,7 @@ class TurnDriver(DriverBase):
             lambda: backend.latest_turn(sid), f"reading session {sid} back"
         )
         self.before_turn = latest.id if latest is not None else None
+        del session, latest  # not held for the whole turn
         message = {"type": "agent.session.input.message", "input": messages}
         # From here on the server may have a turn of ours (even if the answer never comes)...
         self.input_sent = True
@@ -511,8 +512,8 @@ class TurnDriver(DriverBase):
             for a in approvals
             if a.request_id in decisions
         )
-        self.pending = [a for a in approvals if a.request_id not in decisions]
-        if self.pending:
+        self.unanswered = [a for a in approvals if a.request_id not in decisions]
+        if self.unanswered:
             # Sent as far as they go; the turn waits on the rest.
             for event, key, what in answers:
                 if not await self._deliver(event, key, what):
@@ -678,7 +679,7 @@ class TurnDriver(DriverBase):
             turn=turn,
             session_id=core.thread_id,
             turn_messages=tuple(core.final_messages()),
-            pending_approvals=tuple(self.pending)
+            pending_approvals=tuple(self.unanswered)
             if core.state == lifecycle.REQUIRES_ACTION
             else (),
         )

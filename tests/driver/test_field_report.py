@@ -494,9 +494,10 @@ async def test_a_cancel_a_hook_requests_reaches_the_server(
     assert stats.submissions_received == 0
 
 
+@pytest.mark.parametrize("reuse", [True, False], ids=["reuse_connection", "alongside"])
 @pytest.mark.parametrize("runs", [1, 3])
 async def test_a_pool_of_one_connection_is_enough(
-    emulator: Emulator, emulator_url: str, thread_and_assistant: Any, runs: int
+    emulator: Emulator, emulator_url: str, thread_and_assistant: Any, runs: int, reuse: bool
 ) -> None:
     # The stream that stopped at requires_action is read to its end beside the round, not after
     # the submission is answered: its connection goes back to the pool, so a submission that
@@ -519,9 +520,8 @@ async def test_a_pool_of_one_connection_is_enough(
         results: list[Any] = []
 
         async def one(thread_id: str, assistant_id: str) -> None:
-            results.append(
-                await Looping(client).run(thread_id=thread_id, assistant_id=assistant_id)
-            )
+            machine = Looping(client, reuse_connection=reuse)
+            results.append(await machine.run(thread_id=thread_id, assistant_id=assistant_id))
 
         async with anyio.create_task_group() as tg:
             for thread_id, assistant_id in threads:
@@ -530,3 +530,69 @@ async def test_a_pool_of_one_connection_is_enough(
         assert all(r.text == "Dry in Oslo." and r.tool_calls[0].output == "0.25" for r in results)
     finally:
         await client.close()
+
+
+class Streams:
+    """What the HTTP layer says of a client's connections (httpcore's ``trace`` extension):
+    how many were opened, and how many streamed responses were closed."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+        self.closed = 0
+        self.changed = anyio.Event()
+
+    async def on_request(self, request: httpx2.Request) -> None:
+        streamed = request.url.path.endswith(("/runs", "/submit_tool_outputs"))
+
+        async def trace(name: str, info: Any) -> None:
+            if name == "connection.connect_tcp.complete":
+                self.opened += 1
+            elif name == "http11.response_closed.complete" and streamed:
+                self.closed += 1
+                self.changed.set()
+                self.changed = anyio.Event()
+
+        request.extensions["trace"] = trace
+
+    async def until_closed(self, count: int) -> None:
+        while self.closed < count:
+            await self.changed.wait()
+
+
+async def test_with_reuse_connection_a_run_holds_one_connection_round_after_round(
+    emulator: Emulator, emulator_url: str, thread_and_assistant: Any
+) -> None:
+    """The end of the stream that stopped at ``requires_action`` is read alongside the tools,
+    so the submission takes the connection it gives back: however many rounds, one connection
+    (the pool has room for more). The tool returns only once that stream is closed, so what
+    is checked is the reuse, not how fast the stream's end arrives."""
+    streams = Streams()
+
+    class Patient(RunMachine):
+        rounds = 0
+
+        @tool
+        async def get_rain(self, city: str) -> float:
+            Patient.rounds += 1
+            await streams.until_closed(Patient.rounds)
+            return 0.25
+
+    emulator.enqueue(
+        Scenario()
+        .tool_round([("get_rain", {"city": "Oslo"})])
+        .tool_round([("get_rain", {"city": "Bergen"})])
+        .reply("Dry in both.")
+    )
+    thread_id, assistant_id = await thread_and_assistant(Patient)
+    http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [streams.on_request]})
+    async with openai.AsyncOpenAI(
+        base_url=emulator_url, api_key="test", max_retries=0, http_client=http
+    ) as client:
+        # A bound against a hang (a stream's end that is never read before the submission
+        # leaves the tool waiting), not a measure of speed.
+        with anyio.fail_after(60):
+            result = await Patient(client).run(thread_id=thread_id, assistant_id=assistant_id)
+    assert result.status == "completed" and result.text == "Dry in both."
+    assert [r.output for r in result.tool_calls] == ["0.25", "0.25"]
+    assert streams.closed == 3  # the create stream and both submission streams
+    assert streams.opened == 1

@@ -1,0 +1,157 @@
+"""A round's submission is made with the client's own ``post``, not the SDK's resource method
+(which costs a fifth more to make, in the window between ``requires_action`` and the request).
+It must be the very request the resource method sends, on every kind of client: the same
+method, URL (base URL, path, query), headers (auth, Azure's, defaults, the beta header) and body.
+Both are sent to the emulator and compared as the HTTP layer hands them over."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+from runmachine import quiet_deprecation
+from runmachine.backends import AssistantsBackend
+from runmachine.backends.base import RunRef
+from runmachine.testing import Emulator
+
+pytestmark = pytest.mark.anyio
+
+OUTPUTS = {"call_a": "sunny", "call_b": '{"mm": 3, "note": "naïve ✓"}'}
+
+
+def _openai(base_url: str, http: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=base_url,
+        api_key="sk-test",
+        organization="org-test",
+        project="proj-test",
+        default_headers={"x-app": "runmachine-test"},
+        default_query={"tenant": "t1"},
+        http_client=http,
+    ).with_options(timeout=12.5)
+
+
+def _azure_key(base_url: str, http: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncAzureOpenAI(
+        base_url=base_url,
+        api_key="azure-key",
+        api_version="2024-05-01-preview",
+        http_client=http,
+    ).with_options(default_headers={"x-app": "runmachine-test"}, timeout=30.0)
+
+
+def _azure_token(base_url: str, http: Any) -> openai.AsyncOpenAI:
+    async def token() -> str:
+        return "entra-token"
+
+    return openai.AsyncAzureOpenAI(
+        base_url=base_url,
+        azure_ad_token_provider=token,
+        api_version="2025-01-01-preview",
+        http_client=http,
+    )
+
+
+CLIENTS: dict[str, Callable[[str, Any], openai.AsyncOpenAI]] = {
+    "openai": _openai,
+    "azure-key": _azure_key,
+    "azure-token": _azure_token,
+}
+
+
+def _seen(request: httpx2.Request) -> dict[str, Any]:
+    headers = dict(request.headers)
+    # A fresh one per request where the client sends one, as the SDK makes them.
+    key = headers.pop("idempotency-key", None)
+    return {
+        "idempotency-key": key is not None,
+        "method": request.method,
+        "url": str(request.url),
+        "headers": headers,
+        "body": json.loads(request.content),
+        "raw": request.content,
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(CLIENTS))
+async def test_the_submission_is_the_request_the_sdk_resource_method_sends(
+    kind: str, emulator: Emulator, anyio_backend: Any
+) -> None:
+    sent: list[httpx2.Request] = []
+
+    async def log(request: httpx2.Request) -> None:
+        sent.append(request)
+
+    http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [log]})
+    client = CLIENTS[kind](emulator.base_url, http)
+    ref = RunRef("run_missing", "thread_missing")
+    async with client:
+        with pytest.raises(openai.NotFoundError):
+            with quiet_deprecation():
+                pending = client.with_options(
+                    max_retries=0
+                ).beta.threads.runs.with_streaming_response.submit_tool_outputs(
+                    run_id=ref.run_id,
+                    thread_id=ref.scope_id,
+                    tool_outputs=[{"tool_call_id": c, "output": o} for c, o in OUTPUTS.items()],
+                    stream=True,
+                )
+            async with pending:
+                pass
+        with pytest.raises(openai.NotFoundError):
+            async with AssistantsBackend(client).open_submission(ref, OUTPUTS):
+                pass
+    assert len(sent) == 2  # neither was retried
+    sdk, ours = (_seen(r) for r in sent)
+    assert ours == sdk
+    assert ours["body"] == {
+        "stream": True,
+        "tool_outputs": [{"tool_call_id": c, "output": o} for c, o in OUTPUTS.items()],
+    }
+    assert ours["headers"]["openai-beta"] == "assistants=v2"
+
+
+@pytest.mark.parametrize(
+    ("ref", "quoted"),
+    [
+        (RunRef("run/../x", "thread_1"), "/threads/thread_1/runs/run%2F..%2Fx/submit_tool_outputs"),
+        (RunRef("run 1?a#b", "th@1"), "/threads/th@1/runs/run%201%3Fa%23b/submit_tool_outputs"),
+    ],
+)
+async def test_ids_are_quoted_into_the_path_as_the_sdk_quotes_them(
+    ref: RunRef, quoted: str, emulator: Emulator, anyio_backend: Any
+) -> None:
+    """Ids come from the server: whatever they hold stays inside their own path segment."""
+    sent: list[httpx2.Request] = []
+
+    async def log(request: httpx2.Request) -> None:
+        sent.append(request)
+
+    http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [log]})
+    async with openai.AsyncOpenAI(base_url=emulator.base_url, api_key="k", http_client=http) as c:
+        with pytest.raises(openai.NotFoundError):
+            async with AssistantsBackend(c).open_submission(ref, OUTPUTS):
+                pass
+        with pytest.raises(openai.NotFoundError), quiet_deprecation():
+            await c.with_options(max_retries=0).beta.threads.runs.submit_tool_outputs(
+                run_id=ref.run_id, thread_id=ref.scope_id, tool_outputs=[], stream=True
+            )
+    ours, sdk = (r.url.raw_path.decode() for r in sent)
+    assert ours == sdk
+    assert ours.endswith(quoted)
+
+
+@pytest.mark.parametrize(
+    "ref", [RunRef("", "thread_1"), RunRef("..", "thread_1"), RunRef("r", ".")]
+)
+async def test_an_id_the_sdk_refuses_is_refused_before_any_request(
+    ref: RunRef, anyio_backend: Any
+) -> None:
+    async with openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k") as client:
+        with pytest.raises(ValueError, match=r"thread_id|run_id"):
+            AssistantsBackend(client).open_submission(ref, OUTPUTS)
