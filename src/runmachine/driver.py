@@ -93,12 +93,6 @@ _ABANDONED = (
 
 #: Seconds to wait, after the event that decides a stream, for the rest of it (its end).
 TAIL_WAIT = 0.5
-#: With ``reuse_connection``: seconds the submission waits at most for the end of the stream
-#: that stopped at ``requires_action`` (read from then on, alongside the tools) to be read, so
-#: that it reuses that stream's connection. A server that has sent the end takes microseconds;
-#: one that keeps the stream open costs this much once per round, then the submission takes a
-#: connection of its own.
-REUSE_WAIT = 0.05
 
 #: ``on_tool_error(record, error)``: True fails the whole run instead of sending the error output.
 #: A string is the error text the model gets instead of the error output's own message.
@@ -869,13 +863,16 @@ class Driver(DriverBase):
             raise failure
 
     async def _tail_reused(self) -> None:
-        """With ``reuse_connection``, before the submission: wait (``REUSE_WAIT`` at most) until
-        the end of the stream that stopped at ``requires_action`` is read, so that its
-        connection is back in the pool for the submission to take."""
+        """With ``reuse_connection``, before the submission: wait until the end of the stream
+        that stopped at ``requires_action`` is read (read since then, alongside the tools), so
+        that its connection is back in the pool for the submission to take. A server that has
+        sent that end takes microseconds; one that keeps the stream open is waited for
+        ``TAIL_WAIT`` at most, once per round (the stream is then closed unread, its connection
+        with it). No timer of its own: under load, the read may take a while to be scheduled,
+        and a timer would then cost the connection it waits for."""
         read, self._tail_read = self._tail_read, None
         if read is not None:
-            with anyio.move_on_after(REUSE_WAIT):
-                await read.wait()
+            await read.wait()
 
     def _let_tail_go(self) -> None:
         """Before the next request: read the end of the stream that stopped at
@@ -1137,8 +1134,8 @@ class Driver(DriverBase):
         connection open neither stalls a finished run nor delays a round: after a terminal
         event, here; after ``requires_action``, in a task of its own, so that the round's
         tools do not wait for it. With ``reuse_connection`` (the default) that task starts at
-        once and the submission waits for it, ``REUSE_WAIT`` at most (``_tail_reused``), to
-        take the connection it gives back; without, it starts as the next request is made
+        once and the submission waits for it (``_tail_reused``), to take the connection it
+        gives back; without, it starts as the next request is made
         (``_let_tail_go``), which takes a connection of its own. Either way the connection goes
         back to the pool as soon as the end has been read, for any request that needs it.
         """

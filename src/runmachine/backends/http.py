@@ -71,8 +71,9 @@ async def _decode(
     response: Any, build: Callable[[str | None, str], Any]
 ) -> AsyncGenerator[Any, None]:
     parser = SSEParser()
+    chunks = response.http_response.aiter_bytes()
     try:
-        async for chunk in response.http_response.aiter_bytes():
+        async for chunk in chunks:
             for name, data in parser.feed(chunk):
                 event = build(name, data)
                 if event is not None:  # [DONE]: keep reading so the connection can be reused
@@ -84,3 +85,7 @@ async def _decode(
                 yield event
     except _LOST as exc:
         raise StreamLost(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        # Closed here, not left to the garbage collector: a byte iterator finalised later, from
+        # whatever task is running then, is an error of that task's.
+        await chunks.aclose()
