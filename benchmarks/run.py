@@ -870,11 +870,12 @@ def _missed_note(results: dict[str, Any]) -> str:
         "5-throughput": "5 (event throughput)",
         "5-fanout": "5 (tool fan-out)",
         "5-parser": "5 (the SSE parser)",
+        "5-text": "5 (streamed text)",
         "6-": "6 (agent-session turns)",
     }
     names = sorted(
         {
-            f"{labels[prefix]} on {g['backend']}"
+            labels[prefix] + (f" on {g['backend']}" if g["backend"] != "-" else "")
             for g in missed
             for prefix in labels
             if g["id"].startswith(prefix)
