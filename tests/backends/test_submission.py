@@ -1,5 +1,5 @@
 """A round's submission is made with the client's own ``post``, not the SDK's resource method
-(which costs a fifth more to make, in the window between ``requires_action`` and the request).
+(which costs more to make, in the window between ``requires_action`` and the request).
 It must be the very request the resource method sends, on every kind of client: the same
 method, URL (base URL, path, query), headers (auth, Azure's, defaults, the beta header) and body.
 Both are sent to the emulator and compared as the HTTP layer hands them over."""

@@ -193,9 +193,9 @@ class AssistantsBackend:
         the idempotency key); what the resource method adds is added here as it adds it (the
         beta header, the streamed raw response, its request options). Skipped are its
         per-call wrappers, its deprecation warning and its type-driven body transform, which
-        the outputs (plain strings) do not need: about a fifth of the cost of making the
-        request, in the window between ``requires_action`` and the submission. The test suite
-        checks the two requests byte for byte."""
+        the outputs (plain strings) do not need: a tenth or so of the cost of making the
+        request (``benchmarks/submit_request.py``), in the window between ``requires_action``
+        and the submission. The test suite checks the two requests byte for byte."""
         client = self._no_retry
         path = _submit_path(ref)
         body = {"stream": True, **_outputs_body(outputs)}
