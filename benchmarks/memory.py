@@ -529,7 +529,9 @@ def _library_state() -> dict[str, Any]:
             ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
         ).stdout.strip()
 
-    state: dict[str, Any] = {"src": str(SRC)}
+    # Named relative to the checkout, never by a path of this machine.
+    inside = SRC.is_relative_to(ROOT)
+    state: dict[str, Any] = {"src": str(SRC.relative_to(ROOT)) if inside else "another checkout"}
     head = git("rev-parse", "--short", "HEAD") if SRC == ROOT / "src" else ""
     if head:
         state["head"] = head
@@ -758,20 +760,6 @@ def site_lines(results: dict[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def own_worker(job: dict[str, Any]) -> dict[str, Any]:
-    """``run.run_worker`` for this file run standalone: the job in a fresh process of its own
-    (``memory.py --worker JSON``)."""
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker {job} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20 runs, asyncio, one repetition")
@@ -779,13 +767,8 @@ def main() -> None:
     parser.add_argument("--hold", type=int, help="text deltas before the hold point (default 3)")
     parser.add_argument("--backend", choices=BACKENDS, help="one backend only")
     parser.add_argument("--json", type=Path, help="write the results here too")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     bench.raise_fd_limit()
-    if args.worker:
-        job = json.loads(args.worker)
-        print(json.dumps(anyio.run(worker, job, backend=job["backend"])))
-        return
     cfg = dict(QUICK if args.quick else FULL)
     if args.runs:
         cfg["runs"] = args.runs
@@ -798,7 +781,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server, port = bench.start_server(recording, Path(tmp))
         try:
-            results = run(port, cfg, own_worker)
+            results = run(port, cfg, bench.run_worker)  # run.py --worker: memory.worker
         finally:
             assert server.stdin is not None
             server.stdin.close()

@@ -5,7 +5,7 @@
     python benchmarks/scale.py --profile   # cProfile at both sizes: the calls whose cost grows
 
 Every measurement runs in a fresh worker process (``run.py --worker`` dispatches ``"kind":
-"scale"`` jobs to ``worker``; standalone, this file is its own worker) against the replay server
+"scale"`` jobs to ``worker``; standalone too) against the replay server
 of ``run.py``, on the scenario "many": one tool round, then 200 text deltas.
 
 - runs: N simultaneous runs, CPU per run (``process_time`` / N), wall, completed, errors, for
@@ -29,7 +29,6 @@ import cProfile
 import gc
 import json
 import pstats
-import subprocess
 import sys
 import tempfile
 import time
@@ -579,19 +578,6 @@ def table_lines(results: dict[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def run_worker(job: dict[str, Any]) -> dict[str, Any]:
-    """``run.run_worker`` for this file run standalone: the job in a fresh process of its own."""
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker {job} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
-
-
 def growth_lines(small: dict[str, Any], large: dict[str, Any], top: int = 25) -> list[str]:
     """The functions whose own CPU per run grew the most from the small profile to the large."""
     before = {r["function"]: r for r in small["top"]}
@@ -627,13 +613,8 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="write the results (JSON) here")
     parser.add_argument("--job", help="only run this job (JSON, without port); print its result")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     bench.raise_fd_limit()
-    if args.worker:
-        job = json.loads(args.worker)
-        print(json.dumps(anyio.run(worker, job, backend=job["backend"])))
-        return
     cfg = QUICK if args.quick else FULL
     t0 = time.perf_counter()
     recording = _record.record(50, 200, 10)
@@ -641,12 +622,14 @@ def main() -> None:
         server, port = bench.start_server(recording, Path(tmp))
         try:
             if args.job:
-                print(json.dumps(run_worker({**json.loads(args.job), "port": port}), indent=1))
+                print(
+                    json.dumps(bench.run_worker({**json.loads(args.job), "port": port}), indent=1)
+                )
                 return
             if args.profile:
                 for path in PATHS:
                     small, large = (
-                        run_worker(
+                        bench.run_worker(
                             {
                                 "kind": "scale",
                                 "case": "profile",
@@ -660,7 +643,7 @@ def main() -> None:
                     )
                     print("\n".join(growth_lines(small, large)) + "\n")
                 return
-            results = run(port, cfg, run_worker)
+            results = run(port, cfg, bench.run_worker)
         finally:
             assert server.stdin is not None
             server.stdin.close()
