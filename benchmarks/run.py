@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import multiprocessing
 import os
 import pickle
 import platform
@@ -32,6 +33,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -370,7 +372,29 @@ def _clean(text: str) -> str:
     return text
 
 
+#: Where ``run_worker`` runs a job: a fresh interpreter each (``None``: the full runs, whose
+#: processes start as a user's does), or a process forked from one that has imported the
+#: benchmarks already (``--quick``: its smoke run spends its time in the jobs, not in importing
+#: the SDK two dozen times).
+_FORKED: ProcessPoolExecutor | None = None
+
+
+def _forked_workers() -> ProcessPoolExecutor:
+    context = multiprocessing.get_context("forkserver")
+    # The SDK imports its resources on first use (``client.beta``: half a second).
+    context.set_forkserver_preload(["__main__", "memory", "scale", "openai.resources.beta.beta"])
+    return ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1)
+
+
+def _job(job: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = anyio.run(_worker(job["kind"]), job, backend=job["backend"])
+    return result
+
+
 def run_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """``job`` run by its kind's worker in a process of its own; its results."""
+    if _FORKED is not None:
+        return _FORKED.submit(_job, job).result()
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)],
         capture_output=True,
@@ -382,9 +406,11 @@ def run_worker(job: dict[str, Any]) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def many_runs(port: int, cfg: dict[str, Any]) -> dict[str, Any]:
+def many_runs(
+    port: int, cfg: dict[str, Any], backends: tuple[str, ...] = BACKENDS
+) -> dict[str, Any]:
     out: dict[str, Any] = {"unpaced": {}}
-    for backend in BACKENDS:
+    for backend in backends:
         out["unpaced"][backend] = {
             path: run_worker(
                 {
@@ -1016,13 +1042,18 @@ def main() -> None:
         help="only these sections (comma-separated: " + ", ".join(SECTIONS) + "), merged "
         "into the results file",
     )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="only this anyio backend (the other's results in the file are kept: --only needed)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.backend and not args.only:
+        parser.error("--backend measures some sections again: name them with --only")
     raise_fd_limit()
     if args.worker:
-        job = json.loads(args.worker)
-        work = _worker(job["kind"])
-        print(json.dumps(anyio.run(work, job, backend=job["backend"])))
+        print(json.dumps(_job(json.loads(args.worker))))
         return
 
     if args.render:
@@ -1033,10 +1064,14 @@ def main() -> None:
         return
 
     cfg = QUICK if args.quick else FULL
+    global _FORKED
+    if args.quick:
+        _FORKED = _forked_workers()
     out = args.out or HERE / ("results-quick.json" if args.quick else "results.json")
     only = _sections(args.only)
     write_readme = (not args.quick) if args.readme is None else args.readme
     command = "python benchmarks/run.py" + (" --quick" if args.quick else "")
+    backends = (args.backend,) if args.backend else BACKENDS
     t0 = time.perf_counter()
 
     def log(message: str) -> None:
@@ -1072,9 +1107,12 @@ def main() -> None:
                 log(f"{name}")
                 started = datetime.now(timezone.utc)
                 t1 = time.perf_counter()
-                results[name] = _measure(name, port, cfg, recording, args.quick, log)
+                measured = _measure(name, port, cfg, recording, args.quick, log, backends)
+                results[name] = _merged(results.get(name), measured) if args.backend else measured
                 results["sections"][name] = {
-                    "command": command + (f" --only {args.only}" if args.only else ""),
+                    "command": command
+                    + (f" --only {args.only}" if args.only else "")
+                    + (f" --backend {args.backend}" if args.backend else ""),
                     "started": started.isoformat(timespec="seconds"),
                     "duration_s": time.perf_counter() - t1,
                 }
@@ -1082,6 +1120,8 @@ def main() -> None:
             assert server.stdin is not None
             server.stdin.close()
             server.wait(10)
+            if _FORKED is not None:
+                _FORKED.shutdown()
     results["goals"] = goals(results)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(tables(results))
@@ -1121,6 +1161,14 @@ def _sections(only: str | None) -> tuple[str, ...]:
     return tuple(name for name in SECTIONS if name in names)
 
 
+def _merged(old: Any, new: Any) -> Any:
+    """``new`` over ``old``, mapping by mapping: what one backend measured again replaces that
+    backend's figures and keeps the other's."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    return {**old, **{key: _merged(old.get(key), value) for key, value in new.items()}}
+
+
 def _measure(
     name: str,
     port: int,
@@ -1128,36 +1176,43 @@ def _measure(
     recording: _record.Recording,
     quick: bool,
     log: Callable[[str], None],
+    backends: tuple[str, ...] = BACKENDS,
 ) -> Any:
-    """One section's results (the per-backend ones measured on each backend in turn)."""
+    """One section's results (the per-backend ones measured on each of ``backends`` in turn)."""
     if name == "throughput":
         events = len(recording["text"][0]) - 1  # every frame but [DONE]
-        return {b: anyio.run(throughput, port, cfg, events, backend=b) for b in BACKENDS}
+        return {b: anyio.run(throughput, port, cfg, events, backend=b) for b in backends}
     if name == "handoff":
-        return {b: anyio.run(handoff, port, cfg, backend=b) for b in BACKENDS}
+        return {b: anyio.run(handoff, port, cfg, backend=b) for b in backends}
     if name == "fanout":
-        return {b: anyio.run(fanout, port, cfg, backend=b) for b in BACKENDS}
+        return {b: anyio.run(fanout, port, cfg, backend=b) for b in backends}
     if name == "machine":
-        return {b: anyio.run(machine_cost, recording, cfg, backend=b) for b in BACKENDS}
+        return {b: anyio.run(machine_cost, recording, cfg, backend=b) for b in backends}
     if name == "decode":
         return decode.measure(quick, recording)
     if name == "many":
-        return many_runs(port, cfg)
+        return many_runs(port, cfg, backends)
     if name == "paced":
-        return paced.run(port, cfg, run_worker)
+        paced_backends = tuple(b for b in cfg["paced_backends"] if b in backends)
+        return paced.run(port, {**cfg, "paced_backends": paced_backends}, run_worker)
     if name == "memory":
         import memory
 
-        return memory.run(port, memory.QUICK if quick else memory.FULL, run_worker)
+        return memory.run(port, _on(memory.QUICK if quick else memory.FULL, backends), run_worker)
     if name == "scale":
         import scale
 
-        return scale.run(port, scale.QUICK if quick else scale.FULL, run_worker)
+        return scale.run(port, _on(scale.QUICK if quick else scale.FULL, backends), run_worker)
     if name == "sessions":
         import sessions
 
-        return sessions.run(sessions.QUICK if quick else sessions.FULL, log)
+        return sessions.run(_on(sessions.QUICK if quick else sessions.FULL, backends), log)
     raise AssertionError(name)
+
+
+def _on(cfg: dict[str, Any], backends: tuple[str, ...]) -> dict[str, Any]:
+    """A section's config, narrowed to ``backends``."""
+    return {**cfg, "backends": tuple(b for b in cfg["backends"] if b in backends)}
 
 
 if __name__ == "__main__":

@@ -170,3 +170,24 @@ async def test_a_replayed_round_is_never_past_its_deadline(tmp_path: Path) -> No
         server.wait(10)
         assert server.stdout is not None
         server.stdout.close()
+
+
+def test_one_backend_measured_again_replaces_its_figures_and_keeps_the_others() -> None:
+    """``run.py --only scale --backend asyncio`` merges into the results file: asyncio's figures
+    are the new ones, trio's stay as they were, at whatever depth the section keys backends."""
+    run = run_module()
+    old = {"runs": {"asyncio": {"n": 1}, "trio": {"n": 2}}, "config": {"backends": ["x"]}}
+    new = {"runs": {"asyncio": {"n": 3}}, "config": {"backends": ["asyncio"]}}
+    assert run._merged(old, new) == {
+        "runs": {"asyncio": {"n": 3}, "trio": {"n": 2}},
+        "config": {"backends": ["asyncio"]},
+    }
+    assert run._merged(None, new) == new
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--backend", "trio"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2 and "name them with --only" in proc.stderr
