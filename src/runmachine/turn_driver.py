@@ -228,7 +228,8 @@ class TurnDriver(DriverBase):
         # From here on the server may have a turn of ours (even if the answer never comes)...
         self.input_sent = True
         try:
-            await self._deliver(message, f"runmachine-input-{secrets.token_hex(16)}", "the input")
+            key = f"runmachine-input-{secrets.token_hex(16)}"
+            await self._deliver(message, key, "the input", users=True)
         except Exception as exc:
             if is_server_answer(exc) and not is_transient(exc):
                 # ...unless the server said no: then no turn is ours (another writer's turn,
@@ -609,17 +610,21 @@ class TurnDriver(DriverBase):
             decisions[request_id] = decision
         return decisions
 
-    async def _deliver(self, event: Mapping[str, Any], key: str, what: str) -> bool:
+    async def _deliver(
+        self, event: Mapping[str, Any], key: str, what: str, *, users: bool = False
+    ) -> bool:
         """Send one input event under ``key`` until the server takes it. False when it refused
-        because the turn has ended meanwhile (the core is brought to that end)."""
+        because the turn has ended meanwhile (the core is brought to that end). ``users``: the
+        event holds what the user gave (``send_input``), not only what runmachine built."""
         backend, sid, core = self.backend, self.session_id, self.core
+        send = backend.send_input if users else backend.send
         races = iter(RACE_WAITS)
         call_id = event.get("call_id")
         delay = 0.25
         failures = 0
         while True:
             try:
-                await backend.send(sid, event, key)
+                await send(sid, event, key)
                 return True
             except Exception as exc:
                 if isinstance(call_id, str) and is_pending_call_race(exc, call_id):

@@ -16,6 +16,7 @@ import pytest
 
 from runmachine import quiet_deprecation
 from runmachine.backends import AssistantsBackend
+from runmachine.backends.sessions import SessionsBackend
 from runmachine.backends.base import RunRef
 from runmachine.testing import Emulator
 
@@ -155,3 +156,99 @@ async def test_an_id_the_sdk_refuses_is_refused_before_any_request(
     async with openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k") as client:
         with pytest.raises(ValueError, match=r"thread_id|run_id"):
             AssistantsBackend(client).open_submission(ref, OUTPUTS)
+
+
+# --- agent sessions: the input events runmachine builds ----------------------------------------
+
+SESSION_EVENTS: dict[str, dict[str, Any]] = {
+    "tool result": {
+        "type": "agent.session.input.tool_result",
+        "turn_id": "turn_1",
+        "call_id": "call_a",
+        "success": True,
+        "output": '{"mm": 3, "note": "naïve ✓"}',
+    },
+    "tool error": {
+        "type": "agent.session.input.tool_result",
+        "turn_id": "turn_1",
+        "call_id": "call_b",
+        "success": False,
+        "error": "lookup failed: timeout",
+    },
+    "approval": {
+        "type": "agent.session.input.mcp_approval_response",
+        "request_id": "req_1",
+        "response": {"decision": "approve", "type": "mcp_tool_call"},
+    },
+    "cancel": {"type": "agent.session.input.cancel"},
+}
+
+
+@pytest.mark.parametrize("event", sorted(SESSION_EVENTS))
+@pytest.mark.parametrize("kind", sorted(CLIENTS))
+async def test_a_session_input_is_the_request_the_sdk_resource_method_sends(
+    kind: str, event: str, emulator: Emulator, anyio_backend: Any
+) -> None:
+    """``SessionsBackend.send`` posts what ``sessions.events.create`` posts, idempotency key
+    included, on every kind of client."""
+    sent: list[httpx2.Request] = []
+
+    async def log(request: httpx2.Request) -> None:
+        sent.append(request)
+
+    http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [log]})
+    client = CLIENTS[kind](emulator.base_url, http).with_options(max_retries=0)
+    body = SESSION_EVENTS[event]
+    async with client:
+        with pytest.raises(openai.NotFoundError):
+            await client.beta.agents.sessions.events.create(
+                "sess_missing",
+                events=[body],  # type: ignore[list-item]
+                idempotency_key="key-1",
+            )
+        with pytest.raises(openai.NotFoundError):
+            await SessionsBackend(client).send("sess_missing", body, "key-1")
+    assert len(sent) == 2
+    sdk, ours = (_seen(r) for r in sent)
+    assert ours == sdk
+    assert ours["body"] == {"events": [body]}
+    assert ours["headers"]["openai-beta"] == "agents=v1"
+    assert [r.headers["idempotency-key"] for r in sent] == ["key-1", "key-1"]
+
+
+@pytest.mark.parametrize(
+    ("session_id", "quoted"), [("s/../x", "s%2F..%2Fx"), ("s 1?#", "s%201%3F%23")]
+)
+async def test_a_session_id_is_quoted_into_the_path_as_the_sdk_quotes_it(
+    session_id: str, quoted: str, emulator: Emulator, anyio_backend: Any
+) -> None:
+    sent: list[httpx2.Request] = []
+
+    async def log(request: httpx2.Request) -> None:
+        sent.append(request)
+
+    http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [log]})
+    async with openai.AsyncOpenAI(
+        base_url=emulator.base_url, api_key="k", http_client=http, max_retries=0
+    ) as client:
+        cancel = SESSION_EVENTS["cancel"]
+        with pytest.raises(openai.NotFoundError):
+            await SessionsBackend(client).send(session_id, cancel, "k1")
+        with pytest.raises(openai.NotFoundError):
+            await client.beta.agents.sessions.events.create(
+                session_id,
+                events=[cancel],  # type: ignore[list-item]
+                idempotency_key="k1",
+            )
+    ours, sdk = (r.url.raw_path.decode() for r in sent)
+    assert ours == sdk
+    assert ours.endswith(f"/agents/sessions/{quoted}/events")
+
+
+@pytest.mark.parametrize("session_id", ["", ".", ".."])
+async def test_a_session_id_the_sdk_refuses_is_refused_before_any_request(
+    session_id: str, anyio_backend: Any
+) -> None:
+    async with openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k") as client:
+        with pytest.raises(ValueError, match="session_id"):
+            await SessionsBackend(client).send(session_id, SESSION_EVENTS["cancel"], "k1")

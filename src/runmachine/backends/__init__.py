@@ -1,6 +1,7 @@
 """Backends: the servers a run can live on, each behind the seam ``runmachine.backends.base``.
 
-``AssistantsBackend`` (the Assistants API: threads and runs) is the one this version ships.
+``AssistantsBackend`` (the Assistants API: threads and runs) is the run machines'; agent
+sessions' turns have their own, ``runmachine.backends.sessions.SessionsBackend``.
 """
 
 from __future__ import annotations

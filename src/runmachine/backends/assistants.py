@@ -16,7 +16,6 @@ import time
 import weakref
 from collections.abc import Awaitable, Mapping
 from typing import Any
-from urllib.parse import quote
 
 import anyio
 import attrs
@@ -25,7 +24,7 @@ from openai.types.beta import AssistantStreamEvent
 from openai.types.beta.threads import Message, Run
 
 from runmachine.backends.base import EventSource, RequiredCall, RunRef, ServerTime, SubmitMode
-from runmachine.backends.http import ServerClock, sse_source
+from runmachine.backends.http import ServerClock, path_segment, sse_source
 from runmachine.backends.sse import build_event
 from runmachine.deprecation import quiet_deprecation
 
@@ -261,21 +260,13 @@ _SUBMIT_OPTIONS: Any = {
     "security": {"bearer_auth": True},
     "synthesize_event_and_data": True,
 }
-#: What a path segment may hold unquoted (RFC 3986 ``pchar``, as the SDK quotes ids).
-_SEGMENT_SAFE = "!$&'()*+,;=:@"
 
 
 def _submit_path(ref: RunRef) -> str:
     """The submission's path, its ids quoted as the SDK quotes them; an empty id, or one that
     would make a dot-segment, is refused as the SDK refuses it (a ``ValueError``)."""
-    segments = []
-    for name, value in (("thread_id", ref.scope_id), ("run_id", ref.run_id)):
-        if not value:
-            raise ValueError(f"Expected a non-empty value for `{name}` but received {value!r}")
-        if value in (".", ".."):
-            raise ValueError(f"`{name}` {value!r} would make a dot-segment of the path")
-        segments.append(quote(value, safe=_SEGMENT_SAFE))
-    return f"/threads/{segments[0]}/runs/{segments[1]}/submit_tool_outputs"
+    thread = path_segment("thread_id", ref.scope_id)
+    return f"/threads/{thread}/runs/{path_segment('run_id', ref.run_id)}/submit_tool_outputs"
 
 
 class _StreamedResponse:

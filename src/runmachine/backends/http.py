@@ -7,6 +7,7 @@ import email.utils
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx2
@@ -15,10 +16,25 @@ import openai
 from runmachine.backends.base import EventSource, ServerTime, StreamLost
 from runmachine.backends.sse import SSEParser, StreamError
 
-__all__ = ["ServerClock", "sse_source"]
+__all__ = ["ServerClock", "path_segment", "sse_source"]
 
 #: Failures that mean the stream was lost (not that the server refused the request).
 _LOST = (StreamError, openai.APIConnectionError, httpx2.TransportError)
+
+
+#: What a path segment may hold unquoted (RFC 3986 ``pchar``, as the SDK quotes ids).
+_SEGMENT_SAFE = "!$&'()*+,;=:@"
+
+
+def path_segment(name: str, value: str) -> str:
+    """``value`` (the id ``name``) quoted into one path segment as the SDK quotes it; an empty
+    id, or one that would make a dot-segment, is refused as the SDK refuses it (a
+    ``ValueError``)."""
+    if not value:
+        raise ValueError(f"Expected a non-empty value for `{name}` but received {value!r}")
+    if value in (".", ".."):
+        raise ValueError(f"`{name}` {value!r} would make a dot-segment of the path")
+    return quote(value, safe=_SEGMENT_SAFE)
 
 
 class ServerClock:

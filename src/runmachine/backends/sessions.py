@@ -23,7 +23,7 @@ from openai.types.beta.agent_session import AgentSession
 from openai.types.beta.agents.sessions.turn import Turn
 
 from runmachine.backends.base import EventSource, ServerTime
-from runmachine.backends.http import ServerClock, sse_source
+from runmachine.backends.http import ServerClock, path_segment, sse_source
 from runmachine.backends.sse import build_session_event
 
 __all__ = ["PENDING_CALL", "SessionsBackend", "is_conflict", "is_pending_call_race"]
@@ -87,7 +87,28 @@ class SessionsBackend:
     # ----------------------------------------------------------------------------------------
 
     async def send(self, session_id: str, event: Mapping[str, Any], key: str) -> None:
-        """Send one input event, under the idempotency key ``key``."""
+        """Send one input event that runmachine built (a tool's result, an approval's answer, a
+        cancel: plain JSON), under the idempotency key ``key``.
+
+        It is the request ``sessions.events.create`` sends, made with the client's own ``post``
+        (base URL, auth and Azure's, default headers, query, timeouts and retries stay the
+        client's), without that method's type-driven transform of the body, which plain JSON
+        does not need: in the window between a call's ``requires_action`` and its result.
+        The test suite checks the two requests byte for byte."""
+        await self.client.post(
+            _events_path(session_id),
+            cast_to=type(None),
+            body={"events": [event]},
+            options={
+                "headers": {"OpenAI-Beta": "agents=v1", "Idempotency-Key": key, "Accept": "*/*"},
+                "security": {"bearer_auth": True},
+            },
+        )
+
+    async def send_input(self, session_id: str, event: Mapping[str, Any], key: str) -> None:
+        """Send one input event that holds what a user gave (a message's content, which may be
+        SDK models or other types the SDK's transform turns into JSON), with
+        ``sessions.events.create``, under the idempotency key ``key``."""
         await self.sessions.events.create(
             session_id,
             events=[event],  # type: ignore[list-item]
@@ -122,6 +143,12 @@ class SessionsBackend:
             turn_id, session_id=session_id, order="asc", limit=100
         )
         return [item async for item in pages]
+
+
+def _events_path(session_id: str) -> str:
+    """The path of a session's input events, its id quoted as the SDK quotes it; an empty id, or
+    one that would make a dot-segment, is refused before any request (a ``ValueError``)."""
+    return f"/agents/sessions/{path_segment('session_id', session_id)}/events"
 
 
 def _build(name: str | None, data: str) -> Any:
