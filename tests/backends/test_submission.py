@@ -16,8 +16,8 @@ import pytest
 
 from runmachine import quiet_deprecation
 from runmachine.backends import AssistantsBackend
-from runmachine.backends.sessions import SessionsBackend
 from runmachine.backends.base import RunRef
+from runmachine.backends.sessions import SessionsBackend
 from runmachine.testing import Emulator
 
 pytestmark = pytest.mark.anyio
@@ -65,6 +65,16 @@ CLIENTS: dict[str, Callable[[str, Any], openai.AsyncOpenAI]] = {
 }
 
 
+def _recording_http() -> tuple[list[httpx2.Request], httpx2.AsyncClient]:
+    """An SDK HTTP client, and the list of every request it hands over, in order."""
+    sent: list[httpx2.Request] = []
+
+    async def log(request: httpx2.Request) -> None:
+        sent.append(request)
+
+    return sent, openai.DefaultAsyncHttpxClient(event_hooks={"request": [log]})
+
+
 def _seen(request: httpx2.Request) -> dict[str, Any]:
     headers = dict(request.headers)
     # A fresh one per request where the client sends one, as the SDK makes them.
@@ -83,12 +93,7 @@ def _seen(request: httpx2.Request) -> dict[str, Any]:
 async def test_the_submission_is_the_request_the_sdk_resource_method_sends(
     kind: str, emulator: Emulator, anyio_backend: Any
 ) -> None:
-    sent: list[httpx2.Request] = []
-
-    async def log(request: httpx2.Request) -> None:
-        sent.append(request)
-
-    http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [log]})
+    sent, http = _recording_http()
     client = CLIENTS[kind](emulator.base_url, http)
     ref = RunRef("run_missing", "thread_missing")
     async with client:
@@ -128,12 +133,7 @@ async def test_ids_are_quoted_into_the_path_as_the_sdk_quotes_them(
     ref: RunRef, quoted: str, emulator: Emulator, anyio_backend: Any
 ) -> None:
     """Ids come from the server: whatever they hold stays inside their own path segment."""
-    sent: list[httpx2.Request] = []
-
-    async def log(request: httpx2.Request) -> None:
-        sent.append(request)
-
-    http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [log]})
+    sent, http = _recording_http()
     async with openai.AsyncOpenAI(base_url=emulator.base_url, api_key="k", http_client=http) as c:
         with pytest.raises(openai.NotFoundError):
             async with AssistantsBackend(c).open_submission(ref, OUTPUTS):
@@ -191,12 +191,7 @@ async def test_a_session_input_is_the_request_the_sdk_resource_method_sends(
 ) -> None:
     """``SessionsBackend.send`` posts what ``sessions.events.create`` posts, idempotency key
     included, on every kind of client."""
-    sent: list[httpx2.Request] = []
-
-    async def log(request: httpx2.Request) -> None:
-        sent.append(request)
-
-    http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [log]})
+    sent, http = _recording_http()
     client = CLIENTS[kind](emulator.base_url, http).with_options(max_retries=0)
     body = SESSION_EVENTS[event]
     async with client:
@@ -222,12 +217,7 @@ async def test_a_session_input_is_the_request_the_sdk_resource_method_sends(
 async def test_a_session_id_is_quoted_into_the_path_as_the_sdk_quotes_it(
     session_id: str, quoted: str, emulator: Emulator, anyio_backend: Any
 ) -> None:
-    sent: list[httpx2.Request] = []
-
-    async def log(request: httpx2.Request) -> None:
-        sent.append(request)
-
-    http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [log]})
+    sent, http = _recording_http()
     async with openai.AsyncOpenAI(
         base_url=emulator.base_url, api_key="k", http_client=http, max_retries=0
     ) as client:
