@@ -398,3 +398,35 @@ def test_hostile_data_is_a_stream_error(name: str, data: str, message: str) -> N
 def test_hostile_session_data_is_a_stream_error(data: str, message: str) -> None:
     with pytest.raises(StreamError, match=f"a session event carried .*{message}"):
         build_session_event(data)
+
+
+#: Session frames whose data starts as the hot path reads it (``{"type":"``) but that it must
+#: not decide: the built event is the one the SDK builds, as if that path had not been tried.
+MISLEADING_SESSION_FRAMES = {
+    # a second "type" key: JSON's last one wins, in the SDK's decoding and here
+    "two types": '{"type":"agent.session.turn.output_text.delta","event_id":"e1",'
+    '"type":"agent.session.idle","session":{"id":"s1"}}',
+    # NaN is not JSON for pydantic-core, but Python's decoder (the SDK's) reads it
+    "NaN": '{"type":"agent.session.turn.output_text.delta","event_id":"e2","session_id":"s",'
+    '"turn_id":"t","item_id":"i","output_index":0,"content_index":0,"delta":"x",'
+    '"sequence_number":NaN}',
+    # an escaped type name
+    "escaped type": '{"type":"agent.session.turn.output_text.delt\\u0061","event_id":"e3",'
+    '"session_id":"s","turn_id":"t","item_id":"i","output_index":0,"content_index":0,'
+    '"delta":"x","sequence_number":1}',
+    # a payload the declared type refuses (tolerated, or constructed, as the SDK constructs)
+    "refused": '{"type":"agent.session.turn.output_text.delta","event_id":"e4","delta":7}',
+}
+
+
+@pytest.mark.parametrize(
+    "data", MISLEADING_SESSION_FRAMES.values(), ids=list(MISLEADING_SESSION_FRAMES)
+)
+def test_a_session_frame_the_hot_path_cannot_decide_is_built_as_the_sdk_builds_it(
+    data: str,
+) -> None:
+    ours, theirs = build_session_event(data), _sdk_session_event(data)
+    assert type(ours) is type(theirs)
+    # (repr: NaN is no equal of itself)
+    assert repr(ours.model_dump(warnings=False)) == repr(theirs.model_dump(warnings=False))
+    assert _anatomy(ours) == _anatomy(theirs)
