@@ -83,13 +83,20 @@ def test_quickstart_runs_as_written(tmp_path: Path) -> None:
     assert done.stderr == ""
 
 
-def test_quickstart_passes_mypy_strict(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One mypy cache for the README's examples (checked with the same options): the SDK and
+    runmachine are analysed once, not once per example."""
+    return tmp_path_factory.mktemp("mypy-cache")
+
+
+def test_quickstart_passes_mypy_strict(tmp_path: Path, mypy_cache: Path) -> None:
     script = tmp_path / "quickstart.py"
     script.write_text(quickstart_code(), encoding="utf-8")
     # From tmp_path, mypy reads no configuration of this repository and finds runmachine (and
     # its py.typed) where it is installed.
     done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", str(script)],
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(mypy_cache), str(script)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -173,6 +180,17 @@ def test_the_admission_example_runs_as_written(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("example", [SESSIONS, ADMISSION], ids=["sessions", "admission"])
-def test_the_example_passes_mypy_strict(tmp_path: Path, example: tuple[str, str]) -> None:
-    done = run_script(tmp_path, marked_code(*example), "-m", "mypy", "--strict", timeout=600)
+def test_the_example_passes_mypy_strict(
+    tmp_path: Path, example: tuple[str, str], mypy_cache: Path
+) -> None:
+    done = run_script(
+        tmp_path,
+        marked_code(*example),
+        "-m",
+        "mypy",
+        "--strict",
+        "--cache-dir",
+        str(mypy_cache),
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
