@@ -28,7 +28,8 @@ is as far off as on a live server however long the benchmark has been running (t
 own ``expires_at`` passes ten minutes after it was made).
 
 Responses use chunked transfer encoding so the SDK's connections stay alive between requests.
-Anything else is answered 404. Nothing is parsed from request bodies: the bytes are the
+``GET .../runs`` (a client listing a thread's runs after a lost stream) is answered with an empty
+list. Anything else is answered 404. Nothing is parsed from request bodies: the bytes are the
 emulator's, recorded by ``_record.py``.
 """
 
@@ -54,6 +55,7 @@ HEAD = (
     b"date: %s\r\n"
     b"\r\n"
 )
+EMPTY_LIST = b'{"object":"list","data":[],"first_id":null,"last_id":null,"has_more":false}'
 NOT_FOUND_BODY = b'{"error":{"message":"not found","type":"invalid_request_error"}}'
 NOT_FOUND = (
     b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n"
@@ -280,6 +282,11 @@ class Server:
                     writer.write(control)
                     continue
                 route = self._route(path)
+                if route is not None and method == "GET":
+                    # Listing a thread's runs (a client reading back after a lost stream): this
+                    # server keeps none.
+                    writer.write(JSON_HEAD % len(EMPTY_LIST) + EMPTY_LIST)
+                    continue
                 if route is None:
                     writer.write(NOT_FOUND)
                     continue

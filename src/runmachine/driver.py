@@ -892,14 +892,26 @@ class Driver(DriverBase):
     async def _stream_path(self, request: Any, started: float) -> None:
         try:
             await self._read(self.backend.open_run(request))
-        except StreamLost:
+        except StreamLost as lost:
             self.lost_content = True
             if self.core.run_id is None:
-                found = await self.backend.find_created(request, started)
-                if found is None:
+                broke = (
+                    "the stream that creates the run broke before the server named the run "
+                    f"({lost})"
+                )
+                try:
+                    found = await self.backend.find_created(request, started)
+                except Exception as exc:
+                    if is_server_answer(exc):
+                        raise
+                    # Not an answer the SDK could read (a list that is no list): said as such,
+                    # with what broke the stream, never as the SDK's own parsing failure.
                     raise RunMachineError(
-                        "the stream that creates the run broke before the server named the run"
-                    ) from None
+                        f"{broke}, and reading back the runs it may have created failed: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                if found is None:
+                    raise RunMachineError(broke) from lost
                 await self.core.observe_status(found)
         await self._continue()
 

@@ -19,7 +19,7 @@ import openai
 import pytest
 from openai.types.beta.threads import Run
 
-from runmachine import DuplicateSubmission, MemoryLedger, RunCore, lifecycle, tool
+from runmachine import DuplicateSubmission, MemoryLedger, RunCore, RunMachineError, lifecycle, tool
 from runmachine.backends import CreateRun, RequiredCall, RunRef, StreamLost
 from runmachine.backends.base import Backend, SubmitMode
 from runmachine.driver import Driver
@@ -268,3 +268,44 @@ def test_a_request_token_is_added_when_metadata_is_not_given() -> None:
         assert body["runmachine_request"] == request.token
     full = {f"k{i}": "v" for i in range(16)}
     assert CreateRun("t", "a", {"metadata": full}).body()["metadata"] == full
+
+
+class CreatedNowhere(ScriptedBackend):
+    """A server whose stream that creates the run breaks at once, and whose read-back of the
+    thread's runs fails with ``failure`` (or finds nothing)."""
+
+    def __init__(self, failure: BaseException | None) -> None:
+        super().__init__([[StreamLost("ConnectTimeout: connect timed out")]])
+        self.failure = failure
+
+    async def find_created(self, request: Any, since: float) -> Run | None:
+        if self.failure is not None:
+            raise self.failure
+        return None
+
+
+async def test_a_creation_stream_lost_before_the_run_was_named_says_what_broke_it() -> None:
+    backend = CreatedNowhere(None)
+    with pytest.raises(RunMachineError, match=r"before the server named the run") as raised:
+        await _driver(backend).create(CreateRun("thread_test", "asst_test"))
+    assert "ConnectTimeout: connect timed out" in str(raised.value)
+    assert isinstance(raised.value.__cause__, StreamLost)
+
+
+async def test_a_read_back_the_sdk_cannot_parse_is_not_passed_off_as_its_own_failure() -> None:
+    """A server that answers the list of runs with something else (the SDK then fails inside
+    its own parsing, as an ``AttributeError``): the error says the stream broke, why, and that
+    reading back failed."""
+    garbled = AttributeError("'str' object has no attribute '_set_private_attributes'")
+    with pytest.raises(
+        RunMachineError, match=r"reading back the runs it may have created"
+    ) as raised:
+        await _driver(CreatedNowhere(garbled)).create(CreateRun("thread_test", "asst_test"))
+    assert "ConnectTimeout" in str(raised.value) and "AttributeError" in str(raised.value)
+    assert raised.value.__cause__ is garbled
+
+
+async def test_a_read_back_the_server_refused_is_raised_as_the_server_said_it() -> None:
+    refused = openai.APIConnectionError(request=_request())
+    with pytest.raises(openai.APIConnectionError):
+        await _driver(CreatedNowhere(refused)).create(CreateRun("thread_test", "asst_test"))
